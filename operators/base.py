@@ -1,0 +1,167 @@
+"""Operator base classes: row-wise transforms over pyarrow batches that never drop a row."""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict, create_model
+
+from storage.schema import DUP_OF, REASON, STAGE, score_field, with_column
+
+#: op name (as written in recipes) -> operator class
+REGISTRY: dict[str, type[Operator]] = {}
+
+
+def register(name: str):
+    """Class decorator: make an operator available to recipes as ``op: name``."""
+
+    def deco(cls: type[Operator]) -> type[Operator]:
+        if name in REGISTRY:
+            raise ValueError(f"operator {name!r} registered twice")
+        cls.op_name = name
+        REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+class Operator(ABC):
+    """A row-wise stage, applied with ``map_batches(..., batch_format="pyarrow")``.
+
+    Contract: ``__call__`` returns the batch with the same rows in the same order. Rows
+    already removed (``reason`` not null) and rows outside ``domains`` pass through
+    untouched. A filter removes a row by setting ``reason`` (a stable snake_case code)
+    and ``stage``; it never drops it. Score columns named in ``adds`` are always present
+    in the output (null where a row was not scored) so every batch has one schema.
+
+    Args:
+        stage: the stage name recorded on removed rows (the op name, or the recipe's ``name``).
+        domains: apply only to rows of these domains; ``None`` applies to all.
+    """
+
+    op_name: ClassVar[str] = ""
+    #: score columns this operator adds (declared in storage.schema.SCORE_FIELDS)
+    adds: ClassVar[tuple[str, ...]] = ()
+    #: True for model operators that want an accelerator when one exists
+    uses_accelerator: ClassVar[bool] = False
+
+    def __init__(self, *, stage: str, domains: list[str] | None = None) -> None:
+        self.stage = stage
+        self.domains = None if domains is None else list(domains)
+
+    def active(self, batch: pa.Table) -> np.ndarray:
+        """Boolean mask of rows this operator works on: live and in ``domains``."""
+        mask = pc.is_null(batch.column(REASON))
+        if self.domains is not None:
+            mask = pc.and_(mask, pc.is_in(batch.column("domain"), pa.array(self.domains)))
+        return np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        active = self.active(batch)
+        out = self.apply(batch, active) if active.any() else batch
+        for name in self.adds:
+            if name not in out.column_names:
+                field = score_field(name)
+                out = out.append_column(field, pa.nulls(out.num_rows, field.type))
+        if out.num_rows != batch.num_rows:
+            raise RuntimeError(
+                f"stage {self.stage!r} returned {out.num_rows} rows for {batch.num_rows}: "
+                "operators must mark rows, never drop them"
+            )
+        return out
+
+    @abstractmethod
+    def apply(self, batch: pa.Table, active: np.ndarray) -> pa.Table:
+        """Process the rows where ``active`` is true; return all rows."""
+
+    @classmethod
+    def validate_params(cls, **params: Any) -> None:
+        """Raise ValueError for bad parameters before any work starts.
+
+        The default builds the operator, so ``__init__`` checks run at recipe validation.
+        Operators that load models in ``__init__`` override this with cheap checks.
+        """
+        cls(**params)
+
+
+class Filter(Operator):
+    """A per-document filter: ``check(text)`` returns a reason code to remove, or ``None``."""
+
+    def apply(self, batch: pa.Table, active: np.ndarray) -> pa.Table:
+        idx = np.flatnonzero(active)
+        texts = batch.column("text").take(pa.array(idx)).to_pylist()
+        reasons = [self.check(t) for t in texts]
+        hit = [i for i, r in zip(idx, reasons) if r is not None]
+        if not hit:
+            return batch
+        return mark_removed(batch, np.asarray(hit), [r for r in reasons if r is not None], self.stage)
+
+    @abstractmethod
+    def check(self, text: str) -> str | None:
+        """Return a reason code if ``text`` should be removed, else ``None``."""
+
+
+def mark_removed(
+    batch: pa.Table,
+    rows: np.ndarray,
+    reasons: list[str],
+    stage: str,
+    dup_of: list[str] | None = None,
+) -> pa.Table:
+    """Set ``reason``/``stage`` (and ``dup_of``) on ``rows`` of ``batch``."""
+    reason = batch.column(REASON).to_pylist()
+    stages = batch.column(STAGE).to_pylist()
+    dups = batch.column(DUP_OF).to_pylist()
+    for k, i in enumerate(rows.tolist()):
+        reason[i] = reasons[k]
+        stages[i] = stage
+        if dup_of is not None:
+            dups[i] = dup_of[k]
+    batch = with_column(batch, REASON, pa.array(reason, pa.string()))
+    batch = with_column(batch, STAGE, pa.array(stages, pa.string()))
+    return with_column(batch, DUP_OF, pa.array(dups, pa.string()))
+
+
+class GlobalStage(Operator):
+    """A whole-dataset step (dedup, percentile thresholds, rankings).
+
+    The runner first calls :meth:`prepare` with the stage's input as a Ray Data dataset
+    (the previous checkpoint); it runs shuffles/aggregations and returns the keyword
+    arguments the row-wise pass needs (small tables go through ``ray.put``) and a report
+    for the manifest. The runner then builds the operator with those arguments and
+    applies it row-wise like any other stage.
+    """
+
+    @classmethod
+    @abstractmethod
+    def prepare(cls, ds: Any, params: dict[str, Any], num_partitions: int) -> tuple[dict[str, Any], dict]:
+        """Run the whole-dataset pass. Returns (extra constructor kwargs, manifest report)."""
+
+
+def params_model(cls: type[Operator]) -> type[BaseModel]:
+    """A pydantic model of the recipe parameters, read from the operator's ``__init__``.
+
+    Keyword-only parameters of every ``__init__`` in the class hierarchy are parameters
+    (``stage`` is set by the runner, names starting with ``_`` are internal), so the
+    constructor stays the single source of truth for names, types and defaults.
+    """
+    fields: dict[str, Any] = {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        for p in inspect.signature(init).parameters.values():
+            if p.kind is not p.KEYWORD_ONLY or p.name == "stage" or p.name.startswith("_"):
+                continue
+            if p.name in fields:
+                continue
+            ann = p.annotation if p.annotation is not p.empty else Any
+            if isinstance(ann, str):
+                ann = eval(ann, vars(inspect.getmodule(klass)))  # noqa: S307 - our own annotations
+            fields[p.name] = (ann, ... if p.default is p.empty else p.default)
+    return create_model(f"{cls.op_name or cls.__name__}_params", __config__=ConfigDict(extra="forbid"), **fields)

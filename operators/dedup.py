@@ -1,0 +1,106 @@
+"""Exact deduplication across the whole dataset, with the lowest id as the survivor."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from operators.base import GlobalStage, mark_removed, register
+
+_WS = re.compile(r"\s+")
+
+
+def normalized_key(text: str) -> str:
+    """The exact-dedup key: 128-bit BLAKE2b of NFC, lowercased, whitespace-collapsed text."""
+    norm = _WS.sub(" ", unicodedata.normalize("NFC", text).lower()).strip()
+    return hashlib.blake2b(norm.encode(), digest_size=16).hexdigest()
+
+
+def _keys(batch: pa.Table, active: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    idx = np.flatnonzero(active)
+    texts = batch.column("text").take(pa.array(idx)).to_pylist()
+    return idx, [normalized_key(t) for t in texts]
+
+
+@register("exact_dedup")
+class ExactDedup(GlobalStage):
+    """Remove documents whose normalized text equals another's; the lowest ``id`` survives.
+
+    Pass 1 (``prepare``) hashes every live document and groups the hashes with a Ray Data
+    hash aggregation (count, min id), keeping only groups with more than one member. Pass 2
+    marks every member of such a group except the survivor as ``exact_duplicate`` with
+    ``dup_of`` = the survivor's id. With ``domains``, only those domains take part.
+    """
+
+    def __init__(self, *, _dups: Any = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._dups_ref = _dups
+        self._dups: pa.Table | None = None
+
+    @classmethod
+    def prepare(cls, ds, params: dict[str, Any], num_partitions: int) -> tuple[dict[str, Any], dict]:
+        import ray
+        from ray.data.aggregate import Count, Min
+
+        probe = cls(stage="prepare", **params)
+
+        def keyed(batch: pa.Table) -> pa.Table:
+            idx, keys = _keys(batch, probe.active(batch))
+            return pa.table({"_h": pa.array(keys, pa.string()), "id": batch.column("id").take(pa.array(idx))})
+
+        groups = (
+            ds.map_batches(keyed, batch_format="pyarrow")
+            .groupby("_h", num_partitions=num_partitions)
+            .aggregate(Count(alias_name="n"), Min("id", alias_name="survivor"))
+        )
+        dups = groups.filter(expr="n > 1")
+        refs = dups.to_arrow_refs()
+        parts = [t for t in ray.get(refs) if t.num_rows]
+        schema = pa.schema([("_h", pa.string()), ("n", pa.int64()), ("survivor", pa.string())])
+        table = (
+            pa.concat_tables([p.select(schema.names).cast(schema) for p in parts]) if parts else schema.empty_table()
+        )
+        sizes = table.column("n").to_numpy() if table.num_rows else np.zeros(0, dtype=np.int64)
+        report = {
+            "duplicate_groups": int(table.num_rows),
+            "duplicates_removed": int((sizes - 1).sum()),
+            "largest_group": int(sizes.max()) if sizes.size else 0,
+        }
+        return {"_dups": ray.put(table.select(["_h", "survivor"]))}, report
+
+    def _table(self) -> pa.Table:
+        if self._dups is None:
+            import ray
+
+            ref = self._dups_ref
+            self._dups = ray.get(ref) if isinstance(ref, ray.ObjectRef) else ref
+            if self._dups is None:
+                raise RuntimeError("exact_dedup applied without its prepare() pass")
+        return self._dups
+
+    def apply(self, batch: pa.Table, active: np.ndarray) -> pa.Table:
+        dups = self._table()
+        if dups.num_rows == 0:
+            return batch
+        idx, keys = _keys(batch, active)
+        probe = pa.table({"_h": pa.array(keys, pa.string()), "_row": pa.array(idx, pa.int64())})
+        hits = probe.join(dups, "_h", join_type="inner")
+        if hits.num_rows == 0:
+            return batch
+        rows = hits.column("_row").to_numpy()
+        ids = batch.column("id").take(pa.array(rows))
+        losers = pc.not_equal(ids, hits.column("survivor")).to_numpy(zero_copy_only=False)
+        rows = rows[losers]
+        if rows.size == 0:
+            return batch
+        survivors = hits.column("survivor").filter(pa.array(losers)).to_pylist()
+        order = np.argsort(rows)
+        return mark_removed(
+            batch, rows[order], ["exact_duplicate"] * rows.size, self.stage, [survivors[i] for i in order]
+        )

@@ -1,0 +1,191 @@
+"""The `sluice` command line: curate a recipe, inspect a run with SQL, build the demo corpus."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="Sluice: curate LLM pretraining data on Ray Data and inspect every shard with SQL.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+
+class Format(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+@app.command()
+def curate(
+    recipe: Path = typer.Argument(..., help="Recipe YAML (see pipelines/recipes/)."),
+    out: str | None = typer.Option(None, "-o", "--out", help="Run directory; default: the recipe's output.dir."),
+    fresh: bool = typer.Option(False, "--fresh", help="Ignore checkpoints and start over."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Log more."),
+) -> None:
+    """Run RECIPE on Ray Data (local, or the cluster at $RAY_ADDRESS) into Parquet shards."""
+    from pipelines.recipe import RecipeError, load_recipe
+    from pipelines.runner import ConservationError, run
+
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("pipelines").setLevel(logging.INFO)
+    try:
+        r = load_recipe(recipe)
+    except RecipeError as e:
+        err.print(f"[red]invalid recipe[/red] {e}", highlight=False)
+        raise typer.Exit(2) from None
+    try:
+        manifest = run(r, out, fresh=fresh, recipe_text=recipe.read_text())
+    except ConservationError as e:
+        err.print(f"[red]conservation check failed:[/red] {e}")
+        raise typer.Exit(1) from None
+    except OSError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    out_dir = out or r.output.dir
+    print_funnel(manifest)
+    console.print(
+        f"\nKept {manifest['conservation']['kept']:,} of {manifest['conservation']['read']:,} documents in "
+        f"{len(manifest['shards'])} shard(s) under [bold]{out_dir}/shards[/bold]; removed rows with reasons under "
+        f"{out_dir}/removed. Try:\n"
+        f'  sluice inspect {out_dir} "SELECT stage, reason, count(*) AS n FROM removed GROUP BY ALL ORDER BY n DESC"'
+    )
+
+
+def print_funnel(manifest: dict) -> None:
+    """Print the per-stage funnel: rows in and out, removed by reason, seconds."""
+    t = Table(title="Funnel", title_justify="left")
+    for col, just in (
+        ("stage", "left"),
+        ("op", "left"),
+        ("in", "right"),
+        ("out", "right"),
+        ("removed (top reasons)", "left"),
+        ("busy s", "right"),
+    ):
+        t.add_column(col, justify=just)
+    for s in manifest["stages"]:
+        reasons = sorted(s["removed"].items(), key=lambda kv: -kv[1])
+        shown = ", ".join(f"{k} {v:,}" for k, v in reasons[:3]) + (" …" if len(reasons) > 3 else "")
+        secs = "" if s["seconds"] is None else f"{s['seconds']:.2f}"
+        t.add_row(s["stage"], s["op"], f"{s['rows_in']:,}", f"{s['rows_out']:,}", shown, secs)
+    console.print(t)
+    doms = Table(title="Kept by domain", title_justify="left")
+    for col in ("domain", "docs", "chars", "tokens"):
+        doms.add_column(col, justify="left" if col == "domain" else "right")
+    for d in manifest["domains"]:
+        doms.add_row(
+            d["domain"], f"{d['docs']:,}", f"{d['chars']:,}", "" if d["tokens"] is None else f"{d['tokens']:,}"
+        )
+    console.print(doms)
+
+
+def _print_result(cursor, fmt: Format) -> None:
+    cols = [d[0] for d in cursor.description] if cursor.description else []
+    rows = cursor.fetchall()
+    if fmt is Format.json:
+        sys.stdout.write(json.dumps([dict(zip(cols, r)) for r in rows], default=str) + "\n")
+    elif fmt is Format.csv:
+        import csv
+
+        w = csv.writer(sys.stdout)
+        w.writerow(cols)
+        w.writerows(rows)
+    else:
+        t = Table(show_lines=False)
+        for c in cols:
+            t.add_column(c, overflow="fold", max_width=80)
+        for r in rows:
+            t.add_row(*["NULL" if v is None else _short(v) for v in r])
+        console.print(t)
+        console.print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})", style="dim")
+
+
+def _short(v: object, limit: int = 300) -> str:
+    s = v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+    return s if len(s) <= limit else s[:limit] + "…"
+
+
+@app.command()
+def inspect(
+    out: str = typer.Argument(..., help="A run directory written by `sluice curate`."),
+    sql: str | None = typer.Argument(None, help="SQL over the views docs, removed, shards, stages; omit for a prompt."),
+    fmt: Format = typer.Option(Format.table, "--format", "-f", help="Output format."),
+) -> None:
+    """Query a run with DuckDB SQL. Views: docs (kept), removed, shards, stages."""
+    import duckdb
+
+    from storage.views import connect
+
+    try:
+        con = connect(out)
+    except FileNotFoundError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    queries = [sql] if sql is not None else None
+    if queries is None:
+        console.print("Views: docs, removed, shards, stages. End a query with ';' or a blank line; .quit to leave.")
+    while True:
+        if queries is not None:
+            if not queries:
+                return
+            q = queries.pop()
+        else:
+            q = _prompt()
+            if q is None:
+                return
+        try:
+            _print_result(con.execute(q), fmt)
+        except duckdb.Error as e:
+            err.print(f"[red]{type(e).__name__}:[/red] {e}", highlight=False)
+            if sql is not None:
+                raise typer.Exit(1) from None
+
+
+def _prompt() -> str | None:
+    lines: list[str] = []
+    while True:
+        try:
+            line = input("sluice> " if not lines else "   ...> ")
+        except EOFError:
+            return None
+        if not lines and line.strip() in (".quit", ".exit", "quit", "exit"):
+            return None
+        lines.append(line)
+        text = "\n".join(lines).strip()
+        if text.endswith(";") or (not line.strip() and text):
+            return text.rstrip(";")
+
+
+@app.command("demo-data")
+def demo_data(
+    dest: Path = typer.Argument(Path("data/demo"), help="Directory to write the demo corpus into."),
+    max_code: int = typer.Option(400, help="Standard-library source files to take as `code`."),
+) -> None:
+    """Assemble the offline demo corpus (stdlib source, package docs, licenses, junk)."""
+    from pipelines.demo_corpus import build
+
+    counts = build(dest, max_code=max_code)
+    console.print(f"demo corpus in {dest}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

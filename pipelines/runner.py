@@ -1,0 +1,452 @@
+"""The runner: turns a validated recipe into Ray Data plans, checkpoints, shards and a manifest.
+
+A recipe's stages run as *segments*: a segment is one streaming Ray Data plan (read or
+previous checkpoint → row-wise operators → write). A whole-dataset stage (dedup,
+thresholds) starts a new segment, because its first pass reads the finished input of
+the stage. Each segment but the last writes a checkpoint under ``OUT/_stages/NN-name/``
+(``live/`` and ``removed/`` plus a ``_SUCCESS`` record); the last writes the run's
+``shards/`` and ``removed/`` directly. Re-running the same recipe skips every segment
+whose ``_SUCCESS`` matches the recipe's fingerprint up to that stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from operators import load_all
+from operators.base import REGISTRY, GlobalStage
+from pipelines.recipe import Recipe, stage_params
+from storage.fs import expand_input, resolve
+from storage.manifest import VERSION, package_versions, write_manifest
+from storage.schema import ERROR, INTERNAL_COLUMNS, READ_SCHEMA, REASON, STAGE, with_column
+from storage.shards import CheckpointLayout, ParquetFiles, RunLayout, ShardSink
+
+logger = logging.getLogger(__name__)
+
+STAGES_DIR = "_stages"
+SUCCESS = "_SUCCESS"
+CHECKPOINT_BYTES = 128 << 20
+
+
+class ConservationError(RuntimeError):
+    """Rows read != rows kept + rows removed: something lost or invented rows."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Stages ``start``..``end`` (exclusive) of the recipe run as one streaming plan."""
+
+    index: int
+    start: int
+    end: int
+    name: str
+
+
+def plan_segments(recipe: Recipe) -> list[Segment]:
+    """Split the stage list before every whole-dataset stage (a leading one gets a read-only segment)."""
+    load_all()
+    n = len(recipe.stages)
+    globals_ = [i for i, s in enumerate(recipe.stages) if issubclass(REGISTRY[s.op], GlobalStage)]
+    starts = sorted({0, *globals_})
+    bounds = ([(0, 0)] if 0 in globals_ else []) + list(zip(starts, [*starts[1:], n]))
+    return [Segment(k, a, b, recipe.stages[b - 1].stage_name if b > a else "read") for k, (a, b) in enumerate(bounds)]
+
+
+# ---------------------------------------------------------------- row-wise execution
+_CHAINS: dict[str, list] = {}
+
+
+def _chain(key: str, specs: list[tuple[str, str, dict]]) -> list:
+    """Operators for ``specs``, built once per worker process and reused across tasks."""
+    ops = _CHAINS.get(key)
+    if ops is None:
+        if len(_CHAINS) >= 8:  # a long-lived worker serves many runs: keep the newest few
+            _CHAINS.pop(next(iter(_CHAINS)))
+        load_all()
+        ops = [(name, on_error, REGISTRY[op](stage=name, **kw)) for op, name, on_error, kw in specs]
+        _CHAINS[key] = ops
+    return ops
+
+
+def run_chain(batch: pa.Table, *, key: str, specs: list, stats=None) -> pa.Table:
+    """Apply consecutive row-wise operators to one batch, timing each and reporting to ``stats``.
+
+    An operator that raises quarantines the batch's live rows it applies to (reason
+    ``operator_error``, the message in ``error``) unless its stage says ``on_error: fail``.
+    """
+    times: dict[str, float] = {}
+    n = batch.num_rows
+    for name, on_error, op in _chain(key, specs):
+        t0 = time.perf_counter()
+        try:
+            batch = op(batch)
+        except Exception as e:
+            if on_error == "fail":
+                raise
+            batch = _quarantine(batch, op, name, e)
+        times[name] = time.perf_counter() - t0
+    if stats is not None and times:
+        import ray
+
+        ray.get(stats.add_stage.remote(times, n))
+    return batch
+
+
+def _quarantine(batch: pa.Table, op, stage: str, exc: Exception) -> pa.Table:
+    active = op.active(batch)
+    logger.warning("stage %s raised on a batch of %d rows: %s", stage, int(active.sum()), exc)
+    mask = pa.array(active)
+    batch = with_column(batch, REASON, pc.if_else(mask, "operator_error", batch.column(REASON)))
+    batch = with_column(batch, STAGE, pc.if_else(mask, stage, batch.column(STAGE)))
+    msg = f"{type(exc).__name__}: {exc}"[:2000]
+    return with_column(batch, ERROR, pc.if_else(mask, msg, batch.column(ERROR)))
+
+
+def _apply_stages(ds, recipe: Recipe, seg: Segment, extra: dict[str, Any], stats, gpus: int):
+    """Chain the segment's operators onto ``ds``: CPU operators fused into tasks, model operators as actor pools."""
+    groups: list[tuple[bool, list]] = []
+    for i in range(seg.start, seg.end):
+        st = recipe.stages[i]
+        cls = REGISTRY[st.op]
+        kw = {**stage_params(st), **(extra if i == seg.start else {})}
+        spec = (st.op, st.stage_name, st.on_error, kw)
+        heavy = cls.uses_accelerator
+        if groups and groups[-1][0] == heavy and not heavy:
+            groups[-1][1].append(spec)
+        else:
+            groups.append((heavy, [spec]))
+    for heavy, specs in groups:
+        key = hashlib.sha256(repr(specs).encode()).hexdigest()  # ObjectRefs repr with their ids
+        if not heavy:
+            ds = ds.map_batches(
+                run_chain, batch_format="pyarrow", fn_kwargs={"key": key, "specs": specs, "stats": stats}
+            )
+        else:
+            ds = ds.map_batches(
+                ModelChain,
+                batch_format="pyarrow",
+                fn_constructor_kwargs={"specs": specs, "stats": stats},
+                concurrency=max(1, gpus) if gpus else 1,
+                num_gpus=1 if gpus else 0,
+                batch_size=256,
+            )
+    return ds
+
+
+class ModelChain:
+    """Actor-pool wrapper for model operators: loads the model once per actor."""
+
+    def __init__(self, specs: list, stats=None) -> None:
+        self.key = f"model-{id(self)}"
+        self.specs = specs
+        self.stats = stats
+        _chain(self.key, specs)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return run_chain(batch, key=self.key, specs=self.specs, stats=self.stats)
+
+
+# ---------------------------------------------------------------- checkpoints
+def _files(root: str, sub: str) -> list[str]:
+    return sorted(p for p in expand_input(f"{root}/{sub}") if p.endswith(".parquet"))
+
+
+def _read_checkpoint(root: str, sub: str):
+    import ray.data
+
+    files = _files(root, sub)
+    if not files:
+        return ray.data.from_arrow(READ_SCHEMA.empty_table())
+    return ray.data.read_datasource(ParquetFiles(files), override_num_blocks=len(files))
+
+
+def _rows(files: list[str]) -> int:
+    fs, _ = resolve(files[0]) if files else (None, None)
+    return sum(pq.read_metadata(fs.open_input_file(f)).num_rows for f in files) if files else 0
+
+
+def _load_success(fs, path: str) -> dict | None:
+    try:
+        with fs.open_input_stream(path) as f:
+            return json.loads(f.read())
+    except (FileNotFoundError, OSError, ValueError):
+        return None
+
+
+def _save_json(fs, path: str, obj: dict) -> None:
+    tmp = path + ".tmp"
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(tmp) as f:
+        f.write(json.dumps(obj, indent=2, default=str).encode())
+    fs.move(tmp, path)
+
+
+def _rows_per_write(target_bytes: int, records: list[dict]) -> int:
+    """Rows that fill about one target-size file, from the previous checkpoint's bytes per row."""
+    if records:
+        files = records[-1]["files"]
+        rows = sum(f["rows"] for f in files)
+        if rows:
+            per_row = sum(f["bytes"] for f in files) / rows
+            return max(1, int(target_bytes / per_row))
+    return 50_000
+
+
+def _num_partitions(rows: int) -> int:
+    return max(2, min(200, rows // 250_000 + 1))
+
+
+def check_output_writable(out_dir: str) -> None:
+    """Fail before any work if the output directory cannot be created or written."""
+    fs, root = resolve(out_dir)
+    try:
+        fs.create_dir(root, recursive=True)
+        probe = f"{root}/.sluice-write-test"
+        with fs.open_output_stream(probe) as f:
+            f.write(b"ok")
+        fs.delete_file(probe)
+    except OSError as e:
+        raise OSError(f"output directory {out_dir!r} is not writable: {e}") from None
+
+
+# ---------------------------------------------------------------- the run
+def run(recipe: Recipe, out_dir: str | None = None, *, fresh: bool = False, recipe_text: str = "") -> dict:
+    """Run ``recipe``; return the manifest. Raises ConservationError if rows went missing."""
+    import ray
+    import ray.data
+
+    from pipelines.cluster import accelerators, init_ray
+
+    out_dir = (out_dir or recipe.output.dir).rstrip("/")
+    check_output_writable(out_dir)
+    fs, root = resolve(out_dir)
+    if fresh:
+        fs.delete_dir_contents(root, missing_dir_ok=True)
+    init_ray()
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # identical outputs across runs and resumes
+    gpus = accelerators()
+    started = datetime.now(timezone.utc)
+    t_run = time.perf_counter()
+
+    segments = plan_segments(recipe)
+    records: list[dict] = []
+    prev: str | None = None
+    for seg in segments:
+        last = seg is segments[-1]
+        ckdir = f"{root}/{STAGES_DIR}/{seg.index:02d}-{seg.name}"
+        fingerprint = recipe.fingerprint(seg.end)
+        done = _load_success(fs, f"{ckdir}/{SUCCESS}")
+        if done and done.get("fingerprint") == fingerprint:
+            logger.info("segment %s: checkpoint complete, skipped", seg.name)
+            records.append(done)
+            prev = ckdir
+            continue
+        fs.delete_dir_contents(ckdir, missing_dir_ok=True)
+        records.append(_run_segment(recipe, seg, prev, ckdir, out_dir, last, records, gpus))
+        prev = ckdir
+        # later segments depend on this one: drop their stale checkpoints
+        for later in segments[seg.index + 1 :]:
+            fs.delete_dir_contents(f"{root}/{STAGES_DIR}/{later.index:02d}-{later.name}", missing_dir_ok=True)
+
+    manifest = build_manifest(recipe, out_dir, records, started, time.perf_counter() - t_run, recipe_text)
+    write_manifest(out_dir, manifest)
+    if not manifest["conservation"]["ok"]:
+        raise ConservationError(manifest["conservation"]["message"])
+    return manifest
+
+
+def _run_segment(recipe, seg, prev, ckdir, out_dir, last, records, gpus) -> dict:
+    import ray
+    import ray.data
+
+    from pipelines.readers import InputDatasource
+    from pipelines.stats import RunStats
+
+    fs, root = resolve(out_dir)
+    t0 = time.perf_counter()
+    stats = RunStats.remote()
+    if prev is None:
+        source = InputDatasource(recipe.inputs, stats)
+        ds = ray.data.read_datasource(source, override_num_blocks=max(1, len(source.get_read_tasks(1))))
+        rows_in = None
+    else:
+        ds = _read_checkpoint(prev, "live")
+        rows_in = records[-1]["live_rows"]
+    extra: dict[str, Any] = {}
+    reports: dict[str, Any] = {}
+    prepare_s = 0.0
+    if seg.end > seg.start:
+        first = recipe.stages[seg.start]
+        cls = REGISTRY[first.op]
+        if issubclass(cls, GlobalStage):
+            tp = time.perf_counter()
+            extra, report = cls.prepare(ds, stage_params(first), _num_partitions(rows_in or 0))
+            prepare_s = time.perf_counter() - tp
+            reports[first.stage_name] = report
+            ds = _read_checkpoint(prev, "live")
+    ds = _apply_stages(ds, recipe, seg, extra, stats, gpus)
+
+    if last:
+        # derived outputs are rebuilt from checkpoints: clear them, copy earlier removals, then write
+        for d in ("shards", "removed"):
+            fs.delete_dir_contents(f"{root}/{d}", missing_dir_ok=True)
+        for rec in records:
+            _copy_removed(rec["dir"], out_dir)
+        target = int(recipe.output.shard_mb * (1 << 20))
+        sink = ShardSink(out_dir, RunLayout(INTERNAL_COLUMNS), target, _rows_per_write(target, records))
+    else:
+        sink = ShardSink(ckdir, CheckpointLayout(), CHECKPOINT_BYTES, _rows_per_write(CHECKPOINT_BYTES, records))
+    ds.write_datasink(sink)
+    snap = ray.get(stats.snapshot.remote())
+    ray.kill(stats)
+    seconds = dict(snap["seconds"])
+    if seg.end > seg.start and prepare_s:
+        seconds[recipe.stages[seg.start].stage_name] = seconds.get(recipe.stages[seg.start].stage_name, 0) + prepare_s
+    live = [f for f in sink.files if not f.partition.startswith("removed")]
+    rec = {
+        "fingerprint": recipe.fingerprint(seg.end),
+        "segment": seg.index,
+        "name": seg.name,
+        "dir": ckdir,
+        "stages": [s.stage_name for s in recipe.stages[seg.start : seg.end]],
+        "read": snap["read"] if prev is None else None,
+        "rows_in": rows_in if prev is not None else sum(snap["read"].values()),
+        "live_rows": sum(f.rows for f in live),
+        "seconds": seconds,
+        "wall_seconds": round(time.perf_counter() - t0, 3),
+        "reports": reports,
+        "files": [f.__dict__ for f in sink.files],
+    }
+    _save_json(fs, f"{ckdir}/{SUCCESS}", rec)
+    logger.info("segment %s done in %.1fs", seg.name, rec["wall_seconds"])
+    return rec
+
+
+def _copy_removed(ckdir: str, out_dir: str) -> None:
+    """Move a checkpoint's removed rows into the run's ``removed/stage=<s>/`` directories."""
+    files = _files(ckdir, "removed")
+    if not files:
+        return
+    fs, _ = resolve(out_dir)
+    sink = ShardSink(out_dir, RunLayout(INTERNAL_COLUMNS), 256 << 20)
+    sink.write_now(pq.read_table(fs.open_input_file(f)) for f in files)
+
+
+# ---------------------------------------------------------------- manifest
+def build_manifest(
+    recipe: Recipe, out_dir: str, records: list[dict], started, seconds: float, recipe_text: str
+) -> dict:
+    """Assemble manifest.json from segment records and the written files (counts read from Parquet footers)."""
+    from storage.views import connect
+
+    fs, root = resolve(out_dir)
+    read = sum((records[0]["read"] or {}).values())
+    con = connect(out_dir, manifest=None)
+    removed_by = con.execute(
+        "SELECT stage, reason, count(*) FROM removed GROUP BY ALL ORDER BY stage, reason"
+    ).fetchall()
+    domains = con.execute(
+        "SELECT domain, count(*), sum(length(text))"
+        + (", sum(n_tokens)" if _has_col(con, "docs", "n_tokens") else ", NULL")
+        + " FROM docs GROUP BY domain ORDER BY domain"
+    ).fetchall()
+    shards = _file_records(fs, root, "shards")
+    removed_files = _file_records(fs, root, "removed")
+    kept = sum(s["rows"] for s in shards)
+    removed = sum(s["rows"] for s in removed_files)
+
+    by_stage: dict[str, dict[str, int]] = {}
+    for stage, reason, n in removed_by:
+        by_stage.setdefault(stage, {})[reason] = n
+    seconds_by: dict[str, float] = {}
+    reports: dict[str, Any] = {}
+    for rec in records:
+        for k, v in rec["seconds"].items():
+            seconds_by[k] = seconds_by.get(k, 0.0) + v
+        reports.update(rec["reports"])
+    stages = []
+    rows = read - sum(by_stage.get("input", {}).values())
+    stages.append(
+        {
+            "stage": "input",
+            "op": "read",
+            "rows_in": read,
+            "rows_out": rows,
+            "removed": by_stage.get("input", {}),
+            "seconds": None,
+        }
+    )
+    for st in recipe.stages:
+        gone = by_stage.get(st.stage_name, {})
+        out = rows - sum(gone.values())
+        stages.append(
+            {
+                "stage": st.stage_name,
+                "op": st.op,
+                "rows_in": rows,
+                "rows_out": out,
+                "removed": gone,
+                "seconds": round(seconds_by.get(st.stage_name, 0.0), 3),
+                "report": reports.get(st.stage_name),
+            }
+        )
+        rows = out
+    ok = read == kept + removed
+    return {
+        "version": VERSION,
+        "recipe": recipe.model_dump(),
+        "recipe_text": recipe_text,
+        "recipe_hash": recipe.fingerprint(),
+        "packages": package_versions(),
+        "started": started.isoformat(),
+        "finished": datetime.now(timezone.utc).isoformat(),
+        "seconds": round(seconds, 3),
+        "segments": [{k: r[k] for k in ("segment", "name", "stages", "wall_seconds")} for r in records],
+        "stages": stages,
+        "domains": [{"domain": d, "docs": n, "chars": c, "tokens": t} for d, n, c, t in domains],
+        "shards": shards,
+        "removed_files": removed_files,
+        "conservation": {
+            "read": read,
+            "kept": kept,
+            "removed": removed,
+            "synthetic": 0,
+            "ok": ok,
+            "message": f"rows read {read} != kept {kept} + removed {removed}" if not ok else "read = kept + removed",
+        },
+    }
+
+
+def _has_col(con, view: str, col: str) -> bool:
+    return col in [r[0] for r in con.execute(f"DESCRIBE {view}").fetchall()]
+
+
+def _file_records(fs, root: str, sub: str) -> list[dict]:
+    """Path, rows, bytes and sha256 of every Parquet file under ``root/sub`` (recomputed from disk)."""
+    out = []
+    for path in _files(root, sub):
+        with fs.open_input_stream(path) as f:
+            data = f.read()
+        meta = pq.read_metadata(pa.BufferReader(data))
+        rel = path[len(root) + 1 :]
+        out.append(
+            {
+                "path": rel,
+                "partition": rel.split("/")[1],
+                "rows": meta.num_rows,
+                "bytes": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
+        )
+    return out

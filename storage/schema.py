@@ -1,0 +1,76 @@
+"""The one Arrow schema every operator, reader and sink in Sluice shares."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pyarrow as pa
+
+#: Columns every document carries from the reader onwards.
+BASE_FIELDS: list[pa.Field] = [
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("text", pa.string()),
+    pa.field("domain", pa.string(), nullable=False),
+    pa.field("source", pa.string()),
+]
+BASE_SCHEMA = pa.schema(BASE_FIELDS)
+
+#: In-flight bookkeeping columns. A row whose ``reason`` is not null has been removed by
+#: ``stage``; it is carried to the end of its segment and then written under ``removed/``.
+REASON = "reason"
+STAGE = "stage"
+DUP_OF = "dup_of"
+RAW = "raw"
+ERROR = "error"
+TRACK_FIELDS: list[pa.Field] = [
+    pa.field(REASON, pa.string()),
+    pa.field(STAGE, pa.string()),
+    pa.field(DUP_OF, pa.string()),
+    pa.field(RAW, pa.binary()),
+    pa.field(ERROR, pa.string()),
+]
+#: What readers emit: base columns plus the tracking columns (null for good rows).
+READ_SCHEMA = pa.schema(BASE_FIELDS + TRACK_FIELDS)
+
+#: Score and derived columns operators may add. Operators add them with these types,
+#: never remove them, and fill null where a row was not scored.
+SCORE_FIELDS: dict[str, pa.DataType] = {
+    "ppl": pa.float64(),
+    "n_tokens_ppl": pa.int64(),
+    "quality": pa.float64(),
+    "betr": pa.float64(),
+    "dup_cluster": pa.int64(),
+    "dup_cluster_size": pa.int64(),
+    "tokens": pa.list_(pa.int32()),
+    "n_tokens": pa.int64(),
+    "split": pa.string(),
+    "parent_id": pa.string(),
+    "style": pa.string(),
+    "synthetic": pa.bool_(),
+    "generator": pa.string(),
+}
+
+#: Columns that exist only while a run is in flight; kept shards drop them.
+INTERNAL_COLUMNS = (REASON, STAGE, DUP_OF, RAW, ERROR)
+
+INPUT_STAGE = "input"
+
+
+def make_id(source: str, row: int) -> str:
+    """Stable id for a record without an id field: a hash of ``<source>:<row>``."""
+    return hashlib.blake2b(f"{source}:{row}".encode(), digest_size=12).hexdigest()
+
+
+def with_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
+    """Set ``name`` to ``values``, replacing the column if present, appending otherwise."""
+    idx = table.schema.get_field_index(name)
+    if idx >= 0:
+        return table.set_column(idx, name, values)
+    return table.append_column(name, values)
+
+
+def score_field(name: str) -> pa.Field:
+    """The declared field for a score column; unknown names are an error, not a guess."""
+    if name not in SCORE_FIELDS:
+        raise KeyError(f"score column {name!r} is not declared in storage.schema.SCORE_FIELDS")
+    return pa.field(name, SCORE_FIELDS[name])
