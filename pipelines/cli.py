@@ -58,12 +58,13 @@ def curate(
         raise typer.Exit(1) from None
     out_dir = out or r.output.dir
     print_funnel(manifest)
+    c = manifest["conservation"]
     console.print(
-        f"\nKept {manifest['conservation']['kept']:,} of {manifest['conservation']['read']:,} documents in "
-        f"{len(manifest['shards'])} shard(s) under [bold]{out_dir}/shards[/bold]; removed rows with reasons under "
-        f"{out_dir}/removed. Try:\n"
-        f'  sluice inspect {out_dir} "SELECT stage, reason, count(*) AS n FROM removed GROUP BY ALL ORDER BY n DESC"'
+        f"\nKept {c['kept']:,} of {c['read']:,} documents in {len(manifest['shards'])} shard(s) under "
+        f"[bold]{out_dir}/shards[/bold]; {c['removed']:,} removed rows, each with its reason, under {out_dir}/removed."
     )
+    print("Try:")
+    print(f'  sluice inspect {out_dir} "SELECT stage, reason, count(*) AS n FROM removed GROUP BY ALL ORDER BY n DESC"')
 
 
 def print_funnel(manifest: dict) -> None:

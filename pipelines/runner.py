@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -235,6 +236,8 @@ def run(recipe: Recipe, out_dir: str | None = None, *, fresh: bool = False, reci
     init_ray()
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # identical outputs across runs and resumes
+    if not sys.stderr.isatty() and not logger.isEnabledFor(logging.DEBUG):
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-second progress lines in logs
     gpus = accelerators()
     started = datetime.now(timezone.utc)
     t_run = time.perf_counter()
@@ -248,11 +251,13 @@ def run(recipe: Recipe, out_dir: str | None = None, *, fresh: bool = False, reci
         fingerprint = recipe.fingerprint(seg.end)
         done = _load_success(fs, f"{ckdir}/{SUCCESS}")
         if done and done.get("fingerprint") == fingerprint:
-            logger.info("segment %s: checkpoint complete, skipped", seg.name)
+            logger.info("[%d/%d] %s: checkpoint complete, skipped", seg.index + 1, len(segments), seg.name)
             records.append(done)
             prev = ckdir
             continue
         fs.delete_dir_contents(ckdir, missing_dir_ok=True)
+        names = [s.stage_name for s in recipe.stages[seg.start : seg.end]] or ["read"]
+        logger.info("[%d/%d] running %s", seg.index + 1, len(segments), " → ".join(names))
         records.append(_run_segment(recipe, seg, prev, ckdir, out_dir, last, records, gpus))
         prev = ckdir
         # later segments depend on this one: drop their stale checkpoints
@@ -329,7 +334,7 @@ def _run_segment(recipe, seg, prev, ckdir, out_dir, last, records, gpus) -> dict
         "files": [f.__dict__ for f in sink.files],
     }
     _save_json(fs, f"{ckdir}/{SUCCESS}", rec)
-    logger.info("segment %s done in %.1fs", seg.name, rec["wall_seconds"])
+    logger.info("      done in %.1fs: %s rows live", rec["wall_seconds"], f"{rec['live_rows']:,}")
     return rec
 
 
