@@ -3,7 +3,7 @@
 import importlib
 
 #: modules that register operators; imported lazily so `import operators` stays cheap
-FAMILIES = ("normalize", "heuristics", "dedup", "faults")
+FAMILIES = ("normalize", "heuristics", "dedup", "faults", "tokenize")
 
 
 def load_all() -> None:
