@@ -80,6 +80,13 @@ class Operator(ABC):
         """Process the rows where ``active`` is true; return all rows."""
 
     @classmethod
+    def expand(cls, name: str, params: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """Optionally replace this stage by several, e.g. a scoring stage plus a whole-dataset
+        selection stage. Return a list of ``{"op": ..., "name": ..., **params}`` dicts (each is
+        validated like a recipe stage), or None to keep the stage as written."""
+        return None
+
+    @classmethod
     def validate_params(cls, **params: Any) -> None:
         """Raise ValueError for bad parameters before any work starts.
 

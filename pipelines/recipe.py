@@ -143,26 +143,26 @@ def parse_recipe(text: str, *, source: str = "<recipe>", check_inputs: bool = Tr
     except ValidationError as e:
         raise RecipeError(f"{source}:\n  " + "\n  ".join(_format(e, (), lines))) from None
 
+    recipe, origin = _expand(recipe)
     problems: list[str] = []
     names: set[str] = set()
     for i, st in enumerate(recipe.stages):
+        at = ("stages", origin[i])  # errors point at the stage as written in the YAML
         if st.stage_name in names:
-            problems.append(
-                f"{_where(('stages', i, 'op'), lines)}: stage name {st.stage_name!r} used twice; set `name:`"
-            )
+            problems.append(f"{_where((*at, 'op'), lines)}: stage name {st.stage_name!r} used twice; set `name:`")
         names.add(st.stage_name)
         cls = REGISTRY.get(st.op)
         if cls is None:
             known = ", ".join(sorted(REGISTRY))
-            problems.append(f"{_where(('stages', i, 'op'), lines)}: unknown op {st.op!r}; known ops: {known}")
+            problems.append(f"{_where((*at, 'op'), lines)}: unknown op {st.op!r}; known ops: {known}")
             continue
         try:
             validated = params_model(cls).model_validate(st.params)
             cls.validate_params(stage=st.stage_name, **validated.model_dump())
         except ValidationError as e:
-            problems.extend(_format(e, ("stages", i), lines))
+            problems.extend(_format(e, at, lines))
         except (ValueError, TypeError) as e:
-            problems.append(f"{_where(('stages', i, 'op'), lines)}: {e}")
+            problems.append(f"{_where((*at, 'op'), lines)}: {e}")
     if check_inputs:
         for i, inp in enumerate(recipe.inputs):
             try:
@@ -173,6 +173,27 @@ def parse_recipe(text: str, *, source: str = "<recipe>", check_inputs: bool = Tr
     if problems:
         raise RecipeError(f"{source}:\n  " + "\n  ".join(problems))
     return recipe
+
+
+def _expand(recipe: Recipe) -> tuple[Recipe, list[int]]:
+    """Let operators expand into several stages (Operator.expand); return the recipe and,
+    for every resulting stage, the index of the stage it came from."""
+    stages: list[StageSpec] = []
+    origin: list[int] = []
+    for i, st in enumerate(recipe.stages):
+        cls = REGISTRY.get(st.op)
+        parts = None
+        if cls is not None:
+            try:
+                parts = cls.expand(st.stage_name, params_model(cls).model_validate(st.params).model_dump())
+            except ValidationError:
+                parts = None  # reported with the stage's line by the caller
+        for part in parts if parts is not None else [st]:
+            stages.append(
+                part if isinstance(part, StageSpec) else StageSpec.model_validate({"on_error": st.on_error, **part})
+            )
+            origin.append(i)
+    return recipe.model_copy(update={"stages": stages}), origin
 
 
 def load_recipe(path: str | Path, *, check_inputs: bool = True) -> Recipe:
