@@ -45,8 +45,9 @@ def test_inspect_sql_formats(curated):
     root, _ = curated
     res = _sluice("inspect", "out/run", "SELECT count(*) AS n FROM docs", "--format", "json", cwd=root)
     assert res.returncode == 0 and json.loads(res.stdout) == [{"n": 5}]
-    res = _sluice("inspect", "out/run", "SELECT reason, count(*) AS n FROM removed GROUP BY 1 ORDER BY 1", "-f", "csv",
-                  cwd=root)
+    res = _sluice(
+        "inspect", "out/run", "SELECT reason, count(*) AS n FROM removed GROUP BY 1 ORDER BY 1", "-f", "csv", cwd=root
+    )
     assert res.stdout.splitlines() == ["reason,n", "exact_duplicate,5", "input_bad_json,1"]
     res = _sluice("inspect", "out/run", "SELECT stage, rows_in, rows_out FROM stages", cwd=root)
     assert "exact_dedup" in res.stdout and "(2 rows)" in res.stdout
