@@ -1,0 +1,108 @@
+import pyarrow as pa
+import pytest
+
+from operators.base import params_model
+from operators.normalize import Normalize
+from storage.schema import READ_SCHEMA
+
+
+def make_batch(texts, domains=None, reasons=None):
+    n = len(texts)
+    reasons = reasons or [None] * n
+    cols = {
+        "id": [f"d{i}" for i in range(n)],
+        "text": texts,
+        "domain": domains or ["web"] * n,
+        "source": ["test"] * n,
+        "reason": reasons,
+        "stage": [None if r is None else "earlier" for r in reasons],
+    }
+    return pa.table({f.name: cols.get(f.name, [None] * n) for f in READ_SCHEMA}, schema=READ_SCHEMA)
+
+
+def norm(text, **kw):
+    return Normalize(stage="normalize", **kw).normalize(text)
+
+
+def test_nfc_composes():
+    decomposed = "cafe\u0301 nai\u0308ve"
+    assert norm(decomposed) == "café naïve"
+    assert norm(decomposed, nfc=False) == decomposed
+
+
+def test_line_endings():
+    assert norm("a\r\nb\rc\u2028d") == "a\nb\nc\nd"
+    kept = norm("a\r\nb", normalize_newlines=False, remove_control=False, strip_lines=False, collapse_spaces=False)
+    assert kept == "a\r\nb"
+
+
+def test_control_characters_removed_but_tab_and_newline_kept():
+    assert norm("a\x00b\x07c\x1bd\x7fe\x9ff", collapse_spaces=False) == "abcdef"
+    assert norm("a\tb\nc", collapse_spaces=False) == "a\tb\nc"
+    assert norm("a\x00b", remove_control=False) == "a\x00b"
+
+
+def test_spaces_collapse_within_lines():
+    assert norm("a  b\t\tc \t d\u00a0e") == "a b c d e"
+    assert norm("a  b", collapse_spaces=False) == "a  b"
+    # single spaces are left alone and newlines are not horizontal whitespace
+    assert norm("one two\nthree") == "one two\nthree"
+
+
+def test_trailing_whitespace_stripped_per_line():
+    assert norm("a  \nb\t\n c ") == "a\nb\n c"
+    assert norm("a \nb", strip_lines=False) == "a \nb"
+
+
+def test_blank_lines_collapse_to_one():
+    assert norm("a\n\n\n\nb\n\nc\n \n\t\nd") == "a\n\nb\n\nc\n\nd"
+    assert norm("a\n\n\n\nb", collapse_blank_lines=False) == "a\n\n\n\nb"
+
+
+def test_document_stripped():
+    assert norm("\n\n  hello world  \n") == "hello world"
+    assert norm("  x ", strip=False, strip_lines=False, collapse_spaces=False) == "  x "
+
+
+def test_idempotent():
+    text = " Caf\u0065\u0301 \r\n\r\n\r\n  tab\there \x00 end  "
+    once = norm(text)
+    assert norm(once) == once
+
+
+def test_empty_result_marks_row_removed_and_keeps_original_text():
+    batch = make_batch(["  \x00\r\n\t ", "ok  text"])
+    out = Normalize(stage="normalize")(batch)
+    assert out.column("reason").to_pylist() == ["normalize_empty", None]
+    assert out.column("stage").to_pylist() == ["normalize", None]
+    assert out.column("text").to_pylist() == ["  \x00\r\n\t ", "ok text"]
+    assert out.schema == batch.schema
+
+
+def test_only_active_rows_rewritten():
+    batch = make_batch(
+        ["a  b", "c  d", "e  f", ""],
+        domains=["web", "code", "web", "code"],
+        reasons=[None, None, "earlier_reason", None],
+    )
+    out = Normalize(stage="normalize", domains=["web"])(batch)
+    assert out.column("text").to_pylist() == ["a b", "c  d", "e  f", ""]
+    assert out.column("reason").to_pylist() == [None, None, "earlier_reason", None]
+    assert out.num_rows == batch.num_rows
+
+
+def test_unchanged_batch_passes_through():
+    batch = make_batch(["already clean", "also clean\n\nyes"])
+    out = Normalize(stage="normalize")(batch)
+    assert out.equals(batch)
+
+
+def test_parameter_validation():
+    with pytest.raises(ValueError, match=r"nfc=.*true or false"):
+        Normalize(stage="n", nfc="yes")
+
+
+def test_params_model_defaults_build_the_operator():
+    params = params_model(Normalize).model_validate({}).model_dump()
+    assert params["nfc"] is True and params["domains"] is None
+    Normalize(stage="normalize", **params)
