@@ -3,7 +3,18 @@
 import importlib
 
 #: modules that register operators; imported lazily so `import operators` stays cheap
-FAMILIES = ("normalize", "heuristics", "dedup", "faults", "tokenize")
+FAMILIES = (
+    "normalize",
+    "heuristics",
+    "dedup",
+    "minhash",
+    "faults",
+    "tokenize",
+    "selection",
+    "perplexity",
+    "classifier",
+    "betr",
+)
 
 
 def load_all() -> None:
