@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import unicodedata
 from typing import Any
 
@@ -13,12 +12,12 @@ import pyarrow.compute as pc
 
 from operators.base import GlobalStage, mark_removed, register
 
-_WS = re.compile(r"\s+")
-
 
 def normalized_key(text: str) -> str:
     """The exact-dedup key: 128-bit BLAKE2b of NFC, lowercased, whitespace-collapsed text."""
-    norm = _WS.sub(" ", unicodedata.normalize("NFC", text).lower()).strip()
+    if not unicodedata.is_normalized("NFC", text):
+        text = unicodedata.normalize("NFC", text)
+    norm = " ".join(text.lower().split())  # str.split() collapses Unicode whitespace like \s+, ~2x faster
     return hashlib.blake2b(norm.encode(), digest_size=16).hexdigest()
 
 
