@@ -36,6 +36,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks.bench_heuristics
+	$(BIN)/python -m benchmarks.bench_scoring
 
 clean:
 	rm -rf out data/demo .pytest_cache

@@ -184,6 +184,18 @@ def demo_data(
     console.print(f"demo corpus in {dest}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
 
 
+def _register_commands() -> None:
+    """Commands that live next to the code they drive."""
+    from pipelines.select import select_cmd
+    from pipelines.train_classifier import train_classifier_cmd
+
+    app.command("select")(select_cmd)
+    app.command("train-classifier")(train_classifier_cmd)
+
+
+_register_commands()
+
+
 def main() -> None:  # pragma: no cover - console script entry
     app()
 

@@ -1,0 +1,383 @@
+"""BETR (Mizrahi et al. 2025): select documents that resemble benchmark examples, via a cheap fastText proxy."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from operators.base import GlobalStage, mark_removed, register
+from operators.classifier import FastTextModel, embed, train_fasttext
+from operators.selection import token_weights
+from storage.schema import with_column
+
+logger = logging.getLogger(__name__)
+
+POS, NEG = "__label__pos", "__label__neg"
+#: fastText models loaded in this worker process, by object-ref id
+_LOADED: dict[str, FastTextModel] = {}
+#: target-record keys never used as text
+ID_KEYS = frozenset({"id", "_id", "idx", "uid", "qid", "example_id", "doc_id"})
+
+
+def hash64(ids: list[str], seed: int) -> np.ndarray:
+    """A uint64 per id that depends only on (seed, id): the deterministic sample order."""
+    return np.fromiter(
+        (int.from_bytes(hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest(), "little") for i in ids),
+        dtype=np.uint64,
+        count=len(ids),
+    )
+
+
+def target_text(rec: dict[str, Any], fields: list[str] | None) -> str:
+    """One benchmark example as text: its fields concatenated (question, choices, answer, …).
+
+    With ``fields`` those fields in that order; otherwise every string (or list of strings)
+    value in record order, except id-like keys. Lists are joined with spaces.
+    """
+    keys = fields if fields is not None else [k for k in rec if k.lower() not in ID_KEYS]
+    parts: list[str] = []
+    for k in keys:
+        v = rec.get(k)
+        if isinstance(v, str):
+            parts.append(v)
+        elif isinstance(v, list):
+            parts.extend(str(x) for x in v if isinstance(x, (str, int, float)))
+        elif fields is not None and isinstance(v, (int, float)):
+            parts.append(str(v))
+    return " ".join(p.strip() for p in parts if p and p.strip())
+
+
+def load_targets(path: str, fields: list[str] | None = None, limit: int | None = None) -> list[str]:
+    """Target examples from a JSONL file (``.gz`` allowed), as text."""
+    raw = Path(path).expanduser().read_bytes()
+    if path.endswith(".gz"):
+        raw = gzip.decompress(raw)
+    out = []
+    for n, line in enumerate(raw.decode("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}:{n}: a target example must be a JSON object")
+        text = target_text(rec, fields)
+        if text:
+            out.append(text)
+        if limit is not None and len(out) >= limit:
+            break
+    if not out:
+        raise ValueError(f"betr: no target examples with text in {path}")
+    return out
+
+
+def rank_scores(targets: np.ndarray, docs: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """BETR's document score: for every target, rank the documents by cosine similarity
+    (normalized rank in [0, 1], 1 = most similar); a document's score is its best rank over targets."""
+    n = docs.shape[0]
+    best = np.zeros(n, dtype=np.float64)
+    denom = max(1, n - 1)
+    for s in range(0, targets.shape[0], chunk):
+        sims = targets[s : s + chunk] @ docs.T  # (t, n)
+        ranks = np.empty_like(sims, dtype=np.float64)
+        order = np.argsort(sims, axis=1, kind="stable")
+        np.put_along_axis(ranks, order, np.arange(n, dtype=np.float64)[None, :] / denom, axis=1)
+        best = np.maximum(best, ranks.max(axis=0))
+    return best
+
+
+def _embed_all(spec: str, texts: list[str], batch_size: int) -> np.ndarray:
+    from operators.models import load_sentence_transformer
+
+    return embed(load_sentence_transformer(spec), texts, batch_size)
+
+
+def _check(p: dict[str, Any]) -> None:
+    if not Path(p["targets"]).expanduser().is_file():
+        raise ValueError(f"betr: targets file {p['targets']!r} does not exist (JSONL of benchmark examples)")
+    for name in ("positive_fraction", "keep_fraction"):
+        if not 0.0 < p[name] <= 1.0:
+            raise ValueError(f"betr: {name} must be in (0, 1], got {p[name]}")
+    if not 0.0 <= p["validation_fraction"] < 0.5:
+        raise ValueError(f"betr: validation_fraction must be in [0, 0.5), got {p['validation_fraction']}")
+    if p["sample_size"] < 10:
+        raise ValueError(f"betr: sample_size must be >= 10, got {p['sample_size']}")
+    if p["max_targets"] is not None and p["max_targets"] < 1:
+        raise ValueError(f"betr: max_targets must be >= 1 or null, got {p['max_targets']}")
+
+
+@register("betr")
+class Betr(GlobalStage):
+    """Benchmark-targeted ranking: keep the documents most like a set of target examples.
+
+    ``prepare`` (driver + Ray Data):
+      1. sample ``sample_size`` live documents deterministically: the smallest hashes of
+         (seed, id), found with a Ray Data pass over hashes only, then a second pass that
+         fetches just those rows;
+      2. embed the targets and the sample (sentence-transformers, in a GPU task when the
+         cluster has GPUs, else on the driver);
+      3. every target ranks the sample by cosine similarity; a document's score is its best
+         rank over targets; the top ``positive_fraction`` of the sample are positives;
+      4. train fastText on the sample (negatives downsampled to the positives' count; a
+         ``validation_fraction`` of that balanced set held out to report accuracy);
+      5. score every live document with fastText in a Ray Data pass and choose the cutoff so
+         that the kept documents hold ``keep_fraction`` of the tokens (``n_tokens`` when the
+         column exists, else whitespace tokens): documents are taken from the best score
+         down until the target is reached, so the kept share overshoots by less than one
+         document (plus ties at the cutoff). This pass gathers one (score, tokens) pair per
+         row on the driver (16 bytes a row).
+    The row-wise pass recomputes the fastText score (the same model bytes give the same
+    scores), writes ``betr`` and removes rows below the cutoff (``betr_below_cutoff``).
+    Only the sample is ever embedded; the full corpus sees only the cheap classifier.
+
+    Args:
+        targets: JSONL file of target (benchmark) examples.
+        target_fields: fields to concatenate per example; default: every string field.
+        max_targets: use at most this many examples (the first ones).
+        sample_size: documents to embed and label.
+        positive_fraction: share of the sample labelled positive (paper: 0.1).
+        keep_fraction: share of tokens to keep (paper: 0.1 at its scales).
+        encoder: sentence-transformers spec used for targets and sample.
+        embed_batch_size: texts per embedding batch.
+        validation_fraction: share of the labelled set held out for the accuracy report.
+        seed: changes the sample and the held-out set.
+        lr, dim, ws, min_count, epoch, word_ngrams, bucket: fastText hyperparameters (paper:
+            0.03, 128, 10, 5, 5, 2; ``bucket`` is fastText's hashed n-gram table, 2M by default:
+            the model file is about (vocabulary + bucket) x dim x 4 bytes).
+    """
+
+    adds = ("betr",)
+
+    def __init__(
+        self,
+        *,
+        targets: str,
+        target_fields: list[str] | None = None,
+        max_targets: int | None = None,
+        sample_size: int = 10_000,
+        positive_fraction: float = 0.1,
+        keep_fraction: float = 0.1,
+        encoder: str = "packaged:minilm-l6-v2",
+        embed_batch_size: int = 64,
+        validation_fraction: float = 0.1,
+        seed: int = 0,
+        lr: float = 0.03,
+        dim: int = 128,
+        ws: int = 10,
+        min_count: int = 5,
+        epoch: int = 5,
+        word_ngrams: int = 2,
+        bucket: int = 2_000_000,
+        _model: Any = None,
+        _cutoff: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.params = dict(
+            targets=targets,
+            target_fields=target_fields,
+            max_targets=max_targets,
+            sample_size=sample_size,
+            positive_fraction=positive_fraction,
+            keep_fraction=keep_fraction,
+            encoder=encoder,
+            embed_batch_size=embed_batch_size,
+            validation_fraction=validation_fraction,
+            seed=seed,
+        )
+        _check(self.params)
+        self.hyper = dict(lr=lr, dim=dim, ws=ws, minCount=min_count, epoch=epoch, wordNgrams=word_ngrams, bucket=bucket)
+        self._model_ref = _model
+        self._model: FastTextModel | None = None
+        self.cutoff = _cutoff
+
+    @classmethod
+    def validate_params(cls, **params: Any) -> None:
+        from operators.models import check_spec
+
+        op = cls(**params)
+        check_spec(op.params["encoder"])
+
+    def model(self) -> FastTextModel:
+        """The trained classifier, loaded once per worker process (tasks deserialize fresh operators)."""
+        if self._model is None:
+            import ray
+
+            ref = self._model_ref
+            if ref is None:
+                raise RuntimeError(f"stage {self.stage!r}: betr applied without its prepare() pass")
+            if not isinstance(ref, ray.ObjectRef):
+                self._model = FastTextModel.from_bytes(ref)
+            elif ref.hex() in _LOADED:
+                self._model = _LOADED[ref.hex()]
+            else:
+                self._model = FastTextModel.from_bytes(ray.get(ref))
+                if len(_LOADED) >= 2:
+                    _LOADED.pop(next(iter(_LOADED)))
+                _LOADED[ref.hex()] = self._model
+        return self._model
+
+    def score(self, texts: list[str]) -> np.ndarray:
+        return self.model().proba(texts, POS)
+
+    # ------------------------------------------------------------------ pass 1
+    def sample(self, ds) -> pa.Table:
+        """The ``sample_size`` live documents with the smallest (seed, id) hashes: columns id, text, domain."""
+        import ray
+
+        k, seed = self.params["sample_size"], self.params["seed"]
+
+        def smallest(batch: pa.Table) -> pa.Table:
+            idx = np.flatnonzero(self.active(batch))
+            h = hash64(batch.column("id").take(pa.array(idx)).to_pylist(), seed)
+            return pa.table({"h": np.sort(h)[:k]})
+
+        refs = ds.map_batches(smallest, batch_format="pyarrow").to_arrow_refs()
+        hashes = [t.column("h").to_numpy() for t in ray.get(refs) if t.num_rows]
+        allh = np.concatenate(hashes) if hashes else np.zeros(0, dtype=np.uint64)
+        if allh.size == 0:
+            return pa.table({c: pa.array([], pa.string()) for c in ("id", "text", "domain")})
+        bound = np.partition(allh, min(k, allh.size) - 1)[min(k, allh.size) - 1]
+
+        def pick(batch: pa.Table) -> pa.Table:
+            idx = np.flatnonzero(self.active(batch))
+            ids = batch.column("id").take(pa.array(idx))
+            keep = idx[hash64(ids.to_pylist(), seed) <= bound]
+            return batch.select(["id", "text", "domain"]).take(pa.array(keep, pa.int64()))
+
+        parts = [t for t in ray.get(ds.map_batches(pick, batch_format="pyarrow").to_arrow_refs()) if t.num_rows]
+        table = pa.concat_tables(parts)
+        order = np.argsort(hash64(table.column("id").to_pylist(), seed), kind="stable")
+        return table.take(pa.array(order))
+
+    @classmethod
+    def prepare(cls, ds, params: dict[str, Any], num_partitions: int) -> tuple[dict[str, Any], dict]:
+        import ray
+
+        from pipelines.cluster import accelerators
+
+        op = cls(stage="prepare", **params)
+        p = op.params
+        t0 = time.perf_counter()
+        targets = load_targets(p["targets"], p["target_fields"], p["max_targets"])
+        sample = op.sample(ds)
+        n = sample.num_rows
+        if n < 10:
+            raise ValueError(f"betr: only {n} live documents to sample; BETR needs at least 10")
+        texts = [t or "" for t in sample.column("text").to_pylist()]
+        ids = sample.column("id").to_pylist()
+        domains = [str(d) for d in sample.column("domain").to_pylist()]
+        t_sample = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        if accelerators():
+            embed_task = ray.remote(num_gpus=1)(_embed_all)
+            emb_t, emb_d = ray.get(
+                [embed_task.remote(p["encoder"], x, p["embed_batch_size"]) for x in (targets, texts)]
+            )
+        else:
+            from operators.models import load_sentence_transformer
+
+            encoder = load_sentence_transformer(p["encoder"])
+            emb_t, emb_d = (embed(encoder, x, p["embed_batch_size"]) for x in (targets, texts))
+        t_embed = time.perf_counter() - t1
+
+        # label: top positive_fraction by best rank (ties broken by the sample hash order)
+        scores = rank_scores(emb_t, emb_d)
+        n_pos = max(1, round(p["positive_fraction"] * n))
+        order = np.lexsort((np.arange(n), -scores))
+        positive = np.zeros(n, dtype=bool)
+        positive[order[:n_pos]] = True
+        # majority class downsampled (deterministically: the sample is already in hash order)
+        neg = np.flatnonzero(~positive)[:n_pos] if n_pos < n - n_pos else np.flatnonzero(~positive)
+        pos = np.flatnonzero(positive)
+        if pos.size > neg.size:
+            pos = pos[: neg.size]
+        labelled = np.sort(np.concatenate([pos, neg]))
+        hv = hash64([f"val:{ids[i]}" for i in labelled], p["seed"]).astype(np.float64) / 2.0**64
+        val = labelled[hv < p["validation_fraction"]]
+        train = labelled[hv >= p["validation_fraction"]]
+        if not positive[train].any() or positive[train].all():
+            train, val = labelled, labelled[:0]
+        t2 = time.perf_counter()
+        model = train_fasttext(
+            [texts[i] for i in train], [POS if positive[i] else NEG for i in train], seed=p["seed"], **op.hyper
+        )
+        accuracy = None
+        if val.size:
+            pred = model.proba([texts[i] for i in val], POS) >= 0.5
+            accuracy = round(float((pred == positive[val]).mean()), 4)
+        data = model.to_bytes()
+        ref = ray.put(data)
+        t_train = time.perf_counter() - t2
+
+        # pass 2: fastText scores of every live document -> token-weighted cutoff
+        t3 = time.perf_counter()
+        scorer = cls(stage="prepare", **params, _model=ref)
+
+        def scored(batch: pa.Table) -> pa.Table:
+            idx = np.flatnonzero(scorer.active(batch))
+            texts_b = [t or "" for t in batch.column("text").take(pa.array(idx)).to_pylist()]
+            return pa.table({"s": scorer.score(texts_b), "w": token_weights(batch, idx)})
+
+        parts = [t for t in ray.get(ds.map_batches(scored, batch_format="pyarrow").to_arrow_refs()) if t.num_rows]
+        s = np.concatenate([t.column("s").to_numpy() for t in parts])
+        w = np.concatenate([t.column("w").to_numpy() for t in parts]).astype(np.float64)
+        by = np.argsort(-s, kind="stable")
+        cum = np.cumsum(w[by])
+        total = float(cum[-1]) if cum.size else 0.0
+        goal = p["keep_fraction"] * total
+        k = min(int(np.searchsorted(cum, goal, side="left")), s.size - 1)
+        cutoff = float(s[by[k]])
+        kept = s >= cutoff
+        t_score = time.perf_counter() - t3
+        report = {
+            "targets": len(targets),
+            "sample_size": n,
+            "positives": int(pos.size),
+            "sample_by_domain": dict(sorted(Counter(domains).items())),
+            "positives_by_domain": dict(sorted(Counter(domains[i] for i in np.flatnonzero(positive)).items())),
+            "negatives": int(neg.size),
+            "train": int(train.size),
+            "validation": int(val.size),
+            "validation_accuracy": accuracy,
+            "cutoff": cutoff,
+            "keep_fraction": p["keep_fraction"],
+            "docs_scored": int(s.size),
+            "docs_kept": int(kept.sum()),
+            "tokens_total": int(total),
+            "tokens_kept": int(w[kept].sum()),
+            "token_unit": "n_tokens where present, else whitespace tokens",
+            "fasttext": op.hyper,
+            "model_bytes": len(data),
+            "seconds": {
+                "sample": round(t_sample, 3),
+                "embed": round(t_embed, 3),
+                "train": round(t_train, 3),
+                "score": round(t_score, 3),
+            },
+        }
+        logger.info("betr: %s", {k: v for k, v in report.items() if k != "fasttext"})
+        return {"_model": ref, "_cutoff": cutoff}, report
+
+    # ------------------------------------------------------------------ pass 2
+    def apply(self, batch: pa.Table, active: np.ndarray) -> pa.Table:
+        if self.cutoff is None:
+            raise RuntimeError(f"stage {self.stage!r}: betr applied without its prepare() pass")
+        idx = np.flatnonzero(active)
+        s = self.score([t or "" for t in batch.column("text").take(pa.array(idx)).to_pylist()])
+        values: list[float | None] = [None] * batch.num_rows
+        for k, i in enumerate(idx.tolist()):
+            values[i] = float(s[k])
+        batch = with_column(batch, "betr", pa.array(values, pa.float64()))
+        low = idx[s < self.cutoff]
+        if not low.size:
+            return batch
+        return mark_removed(batch, low, ["betr_below_cutoff"] * low.size, self.stage)
