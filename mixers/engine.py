@@ -1,0 +1,577 @@
+"""The mixer's core, independent of the transport: produce global batches ahead of the trainer,
+close steps by feeding the algorithm, keep the schedule, snapshot the state per step."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mixers.base import REPORT, REPORT_ALIGNMENT, REPORT_EVAL, MixingAlgorithm, build, normalize_weights
+from mixers.corpus import HOLDOUT, TRAIN, Corpus
+from mixers.feedback import FeedbackError, StepFeedback, parse_alignment, parse_eval, parse_report
+from mixers.sampler import GlobalBatch, PackedStream, build_batch, pack_holdout
+from mixers.state import Schedule, check_state, make_state
+
+logger = logging.getLogger(__name__)
+
+#: steps of snapshots and feedback kept: checkpoints and feedback must be within this window
+RETAIN = 4096
+
+
+class MixerFailed(RuntimeError):
+    """The producer stopped on an error (a mixing-algorithm bug, unreadable shards)."""
+
+
+class RequestError(ValueError):
+    """A request the engine refuses; the message says why. The engine keeps serving."""
+
+
+@dataclass(frozen=True)
+class MixerConfig:
+    """Settings that fix what is served (recorded in the state).
+
+    Args:
+        seq_len: tokens per packed sequence.
+        global_batch: sequences per global step, split evenly across ranks.
+        seed: seeds every hash-based draw and shuffle.
+        mixer: registered algorithm name.
+        mixer_params: keyword arguments for the algorithm (e.g. ``weights``, ``temperature``).
+        shuffle_window: row groups whose documents are shuffled together (memory per domain
+            ≈ 2 × shuffle_window × tokens per row group × 4 bytes).
+        feedback_lag: feedback for step s can move the weights from step s + lag on; the
+            producer runs at most ``lag`` steps ahead of the feedback an algorithm waits for.
+        prefetch: global steps produced ahead of the furthest step a rank asked for.
+    """
+
+    seq_len: int = 2048
+    global_batch: int = 64
+    seed: int = 0
+    mixer: str = "stratified"
+    mixer_params: dict[str, Any] = field(default_factory=dict)
+    shuffle_window: int = 1
+    feedback_lag: int = 4
+    prefetch: int = 8
+
+    def __post_init__(self) -> None:
+        for name, lo in (("seq_len", 1), ("global_batch", 1), ("shuffle_window", 1), ("feedback_lag", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+        if not isinstance(self.prefetch, int) or self.prefetch < 0:
+            raise ValueError(f"prefetch must be an integer >= 0, got {self.prefetch!r}")
+
+    def __str__(self) -> str:
+        return f"{self.mixer}_L{self.seq_len}_B{self.global_batch}_seed{self.seed}_win{self.shuffle_window}"
+
+    def recorded(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in ("seq_len", "global_batch", "shuffle_window", "feedback_lag")}
+
+
+@dataclass
+class _Snapshot:
+    """What the state at the start of a step needs beyond the schedule."""
+
+    cursors: np.ndarray
+    schedule_len: int
+    algo_state: dict[str, Any]
+    closed_through: int
+
+
+class MixerEngine:
+    """Produces global batches in step order on a background thread and answers requests.
+
+    Producing step ``t`` first *closes* step ``t - feedback_lag`` (see
+    :class:`mixers.base.MixingAlgorithm`), then snapshots the state at ``t`` (cursors,
+    algorithm state), then builds the batch from (seed, t, weights at t, cursors). Batches
+    are cached until every rank has fetched its slice; an evicted one is rebuilt from its
+    snapshot (same bytes: it is a pure function of the snapshot).
+
+    Args:
+        out: run directory with tokenized shards.
+        config: what to serve.
+        state: a state from :meth:`checkpoint` to resume from (its config wins).
+        readers: threads that read row groups ahead.
+    """
+
+    def __init__(self, out: str, config: MixerConfig, state: dict[str, Any] | None = None, readers: int = 4) -> None:
+        self.corpus = Corpus(out)
+        self.domains = self.corpus.domains
+        self.train_tokens = self.corpus.tokens(TRAIN)
+        self.corpus_digest = self.corpus.fingerprint()
+        if state is not None:
+            state = check_state(state)
+            config = self._config_from_state(config, state)
+        self.config = config
+        self.algorithm: MixingAlgorithm = build(
+            config.mixer, self.domains, self.train_tokens, **dict(config.mixer_params)
+        )
+        if state is None:
+            init = self._checked(self.algorithm.weights(), f"{config.mixer}.weights()")
+            self.schedule = Schedule([{"step": 0, "weights": init, "reason": f"init:{config.mixer}"}])
+            self.base = 0
+            cursors = np.zeros(len(self.domains), np.int64)
+            self._closed = -1
+            self._feedback: dict[int, StepFeedback] = {}
+            self._world: int | None = None
+        else:
+            self.algorithm.load_state_dict(state["mixer"].get("state", {}))
+            self.schedule = Schedule(state["schedule"])
+            for e in self.schedule.entries:
+                self._checked(e["weights"], f"state schedule at step {e['step']}")
+            self.base = int(state["step"])
+            cursors = np.array([int(state["cursors"][d]) for d in self.domains], np.int64)
+            self._closed = int(state.get("closed_through", self.base - config.feedback_lag))
+            self._feedback = {int(f["step"]): StepFeedback.from_dict(f) for f in state.get("feedback", [])}
+            # keep the old world size only while partial `report`s from its ranks are pending;
+            # otherwise a resumed job may come back with another number of ranks
+            pending = any(f.reports for f in self._feedback.values())
+            self._world = state.get("world") if pending else None
+        self._executor = ThreadPoolExecutor(max(1, readers), thread_name_prefix="mixer-read")
+        self.streams = [
+            PackedStream(self.corpus, d, config.seed, config.shuffle_window, self._executor) for d in self.domains
+        ]
+        self._cv = threading.Condition()
+        self._gen_lock = threading.Lock()
+        self._next = self.base
+        self._cursors = cursors
+        self._want = self.base + max(config.prefetch, 1) - 1  # furthest step asked for + prefetch
+        self._want_explicit = self.base - 1  # furthest step a checkpoint asked for
+        self._batches: OrderedDict[int, GlobalBatch] = OrderedDict()
+        self._fetched: dict[int, set[int]] = {}
+        self._snapshots: OrderedDict[int, _Snapshot] = OrderedDict()
+        self._algo_state = _copy(self.algorithm.state_dict())
+        self._stop = threading.Event()
+        self.failed: str | None = None
+        self._waiting_since: float | None = None
+        # serving statistics
+        self._ranks: dict[int, dict[str, Any]] = {}
+        self._served = np.zeros(len(self.domains), np.int64)
+        self._samples: deque[tuple[float, np.ndarray]] = deque(maxlen=120)
+        self._last_loss: dict[str, float] = {}
+        self._last_eval: dict[str, float] = {}
+        self._holdout_cache: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}
+        self.started = time.time()
+        self.instance = uuid.uuid4().hex
+        self._producer = threading.Thread(target=self._produce_loop, name="mixer-producer", daemon=True)
+
+    # ------------------------------------------------------------------ set-up
+    def _config_from_state(self, config: MixerConfig, state: dict[str, Any]) -> MixerConfig:
+        if state["domains"] != self.domains:
+            raise ValueError(f"resume: the state's domains {state['domains']} differ from the run's {self.domains}")
+        epoch = {d: int(self.train_tokens[d]) for d in self.domains}
+        if state["epoch_tokens"] != epoch:
+            raise ValueError(
+                f"resume: the shards changed since the state was taken (train tokens {state['epoch_tokens']} "
+                f"then, {epoch} now); batches would differ"
+            )
+        digest = state.get("corpus")  # absent in hand-made states: then the token counts must do
+        if digest is not None and digest != self.corpus_digest:
+            raise ValueError(
+                "resume: the shards changed since the state was taken (same token counts, different "
+                "files, row groups or documents); batches would differ"
+            )
+        rec = state["config"]
+        mixer = state["mixer"]
+        return MixerConfig(
+            seq_len=int(rec["seq_len"]),
+            global_batch=int(rec["global_batch"]),
+            seed=int(state["seed"]),
+            mixer=str(mixer["name"]),
+            mixer_params=dict(mixer.get("params", {})),
+            shuffle_window=int(rec.get("shuffle_window", config.shuffle_window)),
+            feedback_lag=int(rec.get("feedback_lag", config.feedback_lag)),
+            prefetch=config.prefetch,
+        )
+
+    def _checked(self, weights: dict[str, float], where: str) -> dict[str, float]:
+        w = normalize_weights(weights, self.domains, where)
+        empty = [d for d in self.domains if w[d] > 0 and self.train_tokens[d] == 0]
+        if empty:
+            raise ValueError(f"{where}: positive weight on domain(s) {empty} that have no training tokens")
+        return w
+
+    def start(self) -> MixerEngine:
+        self._producer.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._cv:
+            self._cv.notify_all()
+        if self._producer.is_alive():
+            self._producer.join(timeout=10)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    # ------------------------------------------------------------------ production
+    def _weights_vec(self, step: int) -> np.ndarray:
+        w = self.schedule.at(step)
+        return np.array([w[d] for d in self.domains], np.float64)
+
+    def _produce_loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                with self._cv:
+                    while not self._stop.is_set() and self._next > self._horizon():
+                        self._cv.wait(0.5)
+                    if self._stop.is_set():
+                        return
+                    t = self._next
+                    if not self._close(t - self.config.feedback_lag):
+                        return
+                    snap = _Snapshot(self._cursors.copy(), len(self.schedule), self._algo_state, self._closed)
+                    weights = self._weights_vec(t)
+                with self._gen_lock:
+                    batch = build_batch(
+                        self.streams, self.config.seed, t, self.config.global_batch, self.config.seq_len,
+                        weights, snap.cursors,
+                    )  # fmt: skip
+                with self._cv:
+                    self._snapshots[t] = snap
+                    self._batches[t] = batch
+                    self._cursors = batch.cursors
+                    self._next = t + 1
+                    while len(self._snapshots) > RETAIN:
+                        self._snapshots.popitem(last=False)
+                    for s in [s for s in self._feedback if s < t - RETAIN]:
+                        del self._feedback[s]
+                    while len(self._batches) > 4 * self.config.prefetch + 16:
+                        old, _ = self._batches.popitem(last=False)
+                        self._fetched.pop(old, None)
+                    self._cv.notify_all()
+        except Exception as e:  # an algorithm bug or unreadable data: fail loudly, keep answering
+            logger.exception("mixer producer failed")
+            with self._cv:
+                self.failed = f"{type(e).__name__}: {e}"
+                self._cv.notify_all()
+
+    def _horizon(self) -> int:
+        """The last step to produce now: ``prefetch`` past the slowest rank with an open stream (ranks of a
+        data-parallel job move in lockstep, so running further ahead for a fast rank only costs memory),
+        or past what was asked for explicitly when no rank streams. Holds ``_cv``."""
+        nexts = [r["next_step"] for r in self._ranks.values() if r.get("streams", 0) > 0 and "next_step" in r]
+        lockstep = min(nexts) + self.config.prefetch if nexts else self._want
+        return max(lockstep, self._want_explicit)
+
+    def _close(self, c: int) -> bool:
+        """Give the algorithm the feedback of step ``c`` (waiting for what it needs). Holds ``_cv``."""
+        if c < 0 or c <= self._closed:
+            return True
+        needs = frozenset(self.algorithm.needs(c))
+        if not needs <= self.algorithm.feedback_kinds:
+            raise RuntimeError(f"{self.config.mixer}.needs({c}) = {sorted(needs)} is not within its feedback_kinds")
+        if needs:
+            fb = self._feedback.setdefault(c, StepFeedback(c))
+            while not all(fb.has(k, self._world) for k in needs):
+                if self._stop.is_set():
+                    return False
+                if self._waiting_since is None:
+                    self._waiting_since = time.time()
+                self._cv.wait(0.5)
+                fb = self._feedback.setdefault(c, StepFeedback(c))
+            self._waiting_since = None
+            new = self.algorithm.update(fb.to_feedback(needs))
+            self._algo_state = _copy(self.algorithm.state_dict())
+            if new is not None:
+                at = c + self.config.feedback_lag
+                w = self._checked(new, f"{self.config.mixer}.update() at step {c}")
+                if w != self.schedule.at(at):
+                    self.schedule.add(at, w, f"{self.config.mixer}@{c}")
+                    logger.info("step %d: weights %s (%s@%d)", at, _fmt(w), self.config.mixer, c)
+        self._closed = c
+        return True
+
+    def awaiting(self) -> dict[str, Any] | None:
+        """What the producer waits for, if it waits for feedback."""
+        with self._cv:
+            if self._waiting_since is None:
+                return None
+            c = self._next - self.config.feedback_lag
+            fb = self._feedback.get(c, StepFeedback(c))
+            needs = sorted(self.algorithm.needs(c))
+            missing_ranks = sorted(set(range(self._world or 1)) - fb.ranks) if REPORT in needs else []
+            return {
+                "step": c,
+                "kinds": [k for k in needs if not fb.has(k, self._world)],
+                "missing_ranks": missing_ranks,
+                "seconds": round(time.time() - self._waiting_since, 1),
+            }
+
+    # ------------------------------------------------------------------ serving
+    def register_world(self, rank: int, world: int) -> None:
+        """Check a train request's rank and world against the server's (the first request fixes the world)."""
+        if world < 1 or self.config.global_batch % world:
+            raise RequestError(f"world {world} must be >= 1 and divide global_batch {self.config.global_batch}")
+        if not 0 <= rank < world:
+            raise RequestError(f"rank {rank} must be in [0, {world})")
+        with self._cv:
+            if self._world is None:
+                self._world = world
+            elif world != self._world:
+                raise RequestError(
+                    f"world {world} differs from this server's world {self._world}; "
+                    "every rank of a job uses the same world size (restart the server to change it)"
+                )
+
+    def check_step(self, step: int) -> None:
+        with self._cv:
+            oldest = next(iter(self._snapshots), self._next)
+            lo = min(oldest, self._next)
+            if step < max(lo, self.base):
+                raise RequestError(
+                    f"step {step} is before this server's window (first step it can serve: {max(lo, self.base)}); "
+                    "restart the server with --resume-from a state taken at or before that step"
+                )
+            if step > self._next + RETAIN:
+                raise RequestError(f"step {step} is too far ahead of the server (next step: {self._next})")
+
+    def batch(self, step: int, rank: int, timeout: float = 0.5) -> GlobalBatch | None:
+        """The global batch of ``step``, waiting up to ``timeout`` s for it (None if not ready yet)."""
+        with self._cv:
+            self._ranks.setdefault(rank, {"streams": 0})
+            self._ranks[rank].update(next_step=step, last_seen=time.time())
+            if step + self.config.prefetch > self._want:
+                self._want = step + self.config.prefetch
+            self._cv.notify_all()
+            deadline = time.monotonic() + timeout
+            while step >= self._next:
+                if self.failed:
+                    raise MixerFailed(self.failed)
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stop.is_set():
+                    return None
+                self._cv.wait(left)
+            b = self._batches.get(step)
+            snap = self._snapshots.get(step) if b is None else None
+            if b is None and snap is None:
+                raise RequestError(f"step {step} is no longer available on this server")
+            if b is not None:
+                done = self._fetched.setdefault(step, set())
+                done.add(rank)
+                if self._world is not None and len(done) >= self._world:
+                    self._batches.pop(step, None)
+                    self._fetched.pop(step, None)
+        if b is None:  # evicted: rebuild from the snapshot
+            with self._gen_lock:
+                b = build_batch(
+                    self.streams, self.config.seed, step, self.config.global_batch, self.config.seq_len,
+                    self._weights_vec(step), snap.cursors,
+                )  # fmt: skip
+        return b
+
+    def served(self, rank: int, step: int, domains: np.ndarray) -> None:
+        """Count a rank's delivered slice of ``step`` (per-domain token rates in `status`)."""
+        counts = np.bincount(domains, minlength=len(self.domains)) * self.config.seq_len
+        with self._cv:
+            self._served += counts
+            self._ranks.setdefault(rank, {"streams": 0})["next_step"] = step + 1
+            self._cv.notify_all()
+
+    def stream_opened(self, rank: int) -> None:
+        with self._cv:
+            r = self._ranks.setdefault(rank, {"streams": 0})
+            r["streams"] += 1
+            r["last_seen"] = time.time()
+
+    def stream_closed(self, rank: int) -> None:
+        with self._cv:
+            self._ranks[rank]["streams"] -= 1
+
+    # ------------------------------------------------------------------ feedback
+    def feedback(self, kind: str, body: Any) -> dict[str, Any]:
+        """Validate and record one feedback request; raise :class:`FeedbackError` if refused."""
+        if kind == REPORT:
+            step, rank, world, loss, tokens = parse_report(body, self.domains)
+        elif kind == REPORT_EVAL:
+            step, values = parse_eval(body, self.domains)
+        elif kind == REPORT_ALIGNMENT:
+            step, values = parse_alignment(body, self.domains)
+        else:
+            raise FeedbackError(f"unknown feedback kind {kind!r}")
+        with self._cv:
+            # the window: steps the server still keeps, up to RETAIN ahead (a trainer that reconnects
+            # to a server resumed from an older state re-sends reports for steps it has not produced yet)
+            lo, hi = max(0, self._next - RETAIN), self._next + RETAIN
+            if not lo <= step < hi:
+                raise FeedbackError(f"{kind}: step {step} is outside the feedback window [{lo}, {hi})")
+            fb = self._feedback.get(step) or StepFeedback(step)
+            if kind == REPORT:
+                if self._world is None:
+                    self._world = world
+                if world != self._world:
+                    raise FeedbackError(f"{kind}: world {world} differs from this server's world {self._world}")
+                fb.add_report(rank, loss, tokens)
+                mean = {d: loss[d] / tokens[d] for d in loss if tokens[d] > 0}
+                self._last_loss.update(mean)
+            else:
+                fb.set_once(kind, values)
+                if kind == REPORT_EVAL:
+                    self._last_eval.update(values)
+            self._feedback[step] = fb
+            self._cv.notify_all()
+            return {"ok": True, "step": step, "closed_through": self._closed}
+
+    # ------------------------------------------------------------------ state
+    def checkpoint(self, step: int | None = None, timeout: float = 30.0) -> dict[str, Any]:
+        """The state at the start of ``step`` (default: the lowest step a connected rank will ask for next).
+
+        Waits up to ``timeout`` s for the producer to reach ``step`` and for ranks that
+        have begun reporting a step before it to finish (a partial `report` would not
+        be complete in the resumed server).
+        """
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            if step is None:
+                nexts = [r["next_step"] for r in self._ranks.values() if "next_step" in r]
+                step = min(nexts) if nexts else self._next
+            if isinstance(step, bool) or not isinstance(step, int):
+                raise RequestError(f"checkpoint: `step` must be an integer, got {step!r}")
+            if step < self._next:
+                self.check_step(step)
+            if step > self._next + self.config.prefetch + 1:
+                raise RequestError(f"checkpoint: step {step} is ahead of the served steps (next: {self._next})")
+            self._want_explicit = max(self._want_explicit, step)
+            self._cv.notify_all()
+
+            def produced() -> bool:
+                return step < self._next or step == self.base == self._next
+
+            waits_for_reports = REPORT in self.algorithm.feedback_kinds
+
+            def ready() -> bool:
+                if not produced():
+                    return False
+                if not waits_for_reports:
+                    return True
+                lo = step - self.config.feedback_lag
+                return all(
+                    not fb.reports or fb.has(REPORT, self._world) for s, fb in self._feedback.items() if lo < s < step
+                )
+
+            while not ready():
+                if self.failed:
+                    raise MixerFailed(self.failed)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if not produced():
+                        raise RequestError(f"checkpoint: step {step} was not produced within {timeout:.0f} s")
+                    logger.warning("checkpoint at %d: some ranks have not reported the last steps", step)
+                    break
+                self._cv.wait(min(left, 0.5))
+            snap = self._snapshots.get(step)
+            if snap is None:  # a resumed server before its first step: the loaded state
+                snap = _Snapshot(self._cursors.copy(), len(self.schedule), self._algo_state, self._closed)
+            entries = self.schedule.upto(step)
+            feedback = [self._feedback[s].to_dict() for s in sorted(self._feedback) if snap.closed_through < s < step]
+            return make_state(
+                seed=self.config.seed,
+                step=step,
+                domains=self.domains,
+                cursors=dict(zip(self.domains, snap.cursors.tolist())),
+                schedule=entries,
+                mixer=self.config.mixer,
+                mixer_params=self.config.mixer_params,
+                algorithm_state=snap.algo_state,
+                closed_through=snap.closed_through,
+                feedback=feedback,
+                config=self.config.recorded(),
+                epoch_tokens=self.train_tokens,
+                corpus=self.corpus_digest,
+                world=self._world,
+            )
+
+    # ------------------------------------------------------------------ info, status, eval
+    def info(self) -> dict[str, Any]:
+        return {
+            "domains": self.domains,
+            "seq_len": self.config.seq_len,
+            "global_batch": self.config.global_batch,
+            "seed": self.config.seed,
+            "mixer": self.config.mixer,
+            "feedback_lag": self.config.feedback_lag,
+            "world": self._world,
+            "first_step": self.base,
+            "train_tokens": self.train_tokens,
+            "holdout_tokens": self.corpus.tokens(HOLDOUT),
+            "started": self.started,
+            "instance": self.instance,
+        }
+
+    def sample_rates(self) -> None:
+        """Record the served-token counters (the monitor calls this about once a second)."""
+        with self._cv:
+            self._samples.append((time.monotonic(), self._served.copy()))
+
+    def rates(self, window: float = 10.0) -> dict[str, float]:
+        with self._cv:
+            if len(self._samples) < 2:
+                return dict.fromkeys(self.domains, 0.0)
+            t1, c1 = self._samples[-1]
+            t0, c0 = next(((t, c) for t, c in self._samples if t1 - t <= window), self._samples[0])
+            if t0 == t1:
+                t0, c0 = self._samples[-2]
+        dt = max(t1 - t0, 1e-9)
+        return {d: float(x) / dt for d, x in zip(self.domains, c1 - c0)}
+
+    def status(self) -> dict[str, Any]:
+        """Serving status. ``step`` is the lowest next step among ranks with an open stream (what has
+        been sent; a few batches may still be in flight or in the client's prefetch queue), ``weights``
+        the weights in force there, ``tokens_per_s`` per domain over the last 10 s."""
+        rates = self.rates()
+        with self._cv:
+            ranks = {r: v for r, v in self._ranks.items() if v.get("streams", 0) > 0}
+            trainer_step = min((v.get("next_step", self._next) for v in ranks.values()), default=self._next)
+            weights = self.schedule.at(max(trainer_step, 0))
+            out = {
+                "step": trainer_step,
+                "produced_through": self._next - 1,
+                "closed_through": self._closed,
+                "weights": weights,
+                "tokens_per_s": rates,
+                "tokens_served": dict(zip(self.domains, self._served.tolist())),
+                "connected_ranks": sorted(ranks),
+                "world": self._world,
+                "schedule_entries": len(self.schedule),
+                "train_loss": dict(self._last_loss),
+                "eval_loss": dict(self._last_eval),
+                "uptime_s": round(time.time() - self.started, 1),
+                "failed": self.failed,
+            }
+        out["awaiting"] = self.awaiting()
+        return out
+
+    def holdout(self, domain: str, max_sequences: int) -> tuple[np.ndarray, np.ndarray]:
+        """Packed held-out sequences of ``domain`` (tokens [n, L], valid tokens per row)."""
+        if domain not in self.domains:
+            raise RequestError(f"unknown domain {domain!r}; known domains: {self.domains}")
+        if not self.corpus.has_split:
+            raise RequestError("the shards have no `split` column; add `{op: split}` to the recipe for held-out data")
+        if self.corpus.split(domain, HOLDOUT).tokens == 0:
+            raise RequestError(f"domain {domain!r} has no held-out documents")
+        hit = self._holdout_cache.get(domain)
+        if hit is None or hit[0] < max_sequences:
+            toks, valid = pack_holdout(self.corpus, domain, self.config.seq_len, max_sequences)
+            hit = (max_sequences, toks, valid)
+            self._holdout_cache[domain] = hit
+        return hit[1][:max_sequences], hit[2][:max_sequences]
+
+
+def _copy(state: dict[str, Any]) -> dict[str, Any]:
+    """A deep, JSON-clean copy (checks the algorithm's state really is JSON)."""
+    return json.loads(json.dumps(state))
+
+
+def _fmt(weights: dict[str, float]) -> str:
+    return " ".join(f"{d}={w:.3f}" for d, w in weights.items())

@@ -1,0 +1,336 @@
+"""The mixer service on Arrow Flight: packed, mixture-weighted batches out; trainer feedback in.
+
+Protocol (every ticket and action body is JSON):
+
+``do_get`` tickets
+    ``{"kind": "train", "rank": r, "world": W, "step": s, "steps": n?}`` streams global
+    steps s, s+1, … (n of them, default unbounded): one record batch per step with rank
+    r's ``global_batch / W`` sequences — ``input_ids`` fixed_size_list<int32>[seq_len],
+    ``domain`` int16 (an index into the sorted domain list, which the schema metadata
+    ``sluice.domains`` holds as JSON) — and app metadata ``{"step": t}``. Rank r gets rows
+    ``[r·B/W, (r+1)·B/W)`` of the global batch, so ranks are disjoint and together form it.
+
+    ``{"kind": "eval", "domain": d, "max_sequences": n?, "batch_size": b?}`` streams the
+    domain's held-out documents (``split = holdout``) in shard order, packed, in batches
+    of ``b`` sequences: ``input_ids``, ``domain``, ``n_valid`` (real tokens per row; the
+    last row is padded with 0).
+
+``do_action`` types
+    ``report`` {step, rank, world, loss_sum: {d: float}, tokens: {d: int}};
+    ``report_eval`` {step, loss: {d: float}}; ``report_alignment`` {step, alignment: {d: float}};
+    ``checkpoint`` {step?} → the state JSON; ``status`` → step, weights, tokens/s per
+    domain, connected ranks, what the producer waits for; ``info`` → domains, seq_len, ….
+
+Bad tickets and bodies get a ``FlightServerError`` naming the problem; the server goes
+on serving. Binding anything but a loopback address requires a token: every call must
+then carry ``authorization: Bearer <token>``. TLS is on when a certificate and key are given.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from mixers.base import FEEDBACK_KINDS
+from mixers.engine import MixerConfig, MixerEngine, MixerFailed, RequestError
+from mixers.feedback import FeedbackError
+
+logger = logging.getLogger(__name__)
+
+ACTIONS = {
+    "report": "per-domain training loss sums and token counts of one rank for one step",
+    "report_eval": "per-domain mean held-out loss at a step",
+    "report_alignment": "per-domain gradient-alignment scalars at a step",
+    "checkpoint": "the mixer state at the start of a step ({step}); resume with --resume-from",
+    "status": "step, weights, tokens/s per domain, connected ranks, awaited feedback",
+    "info": "domains, seq_len, global_batch, seed, mixer, world",
+}
+DEFAULT_EVAL_SEQUENCES = 64
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class BearerTokenFactory(flight.ServerMiddlewareFactory):
+    """Refuses every call whose ``authorization`` header is not ``Bearer <token>``."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    def start_call(self, info, headers):
+        values = headers.get("authorization", [])
+        for v in values:
+            if hmac.compare_digest(v.encode() if isinstance(v, str) else bytes(v), self._expected):
+                return None
+        raise flight.FlightUnauthenticatedError("missing or wrong bearer token")
+
+
+def _json(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        body = json.loads(raw.decode() if raw else "{}")
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RequestError(f"{what}: not valid JSON ({e})") from None
+    if not isinstance(body, dict):
+        raise RequestError(f"{what}: expected a JSON object, got {type(body).__name__}")
+    return body
+
+
+def _get_int(body: dict, key: str, default: int | None = None, lo: int = 0) -> int:
+    v = body.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise RequestError(f"ticket field `{key}` must be an integer >= {lo}, got {v!r}")
+    return v
+
+
+class MixerServer(flight.FlightServerBase):
+    """The Flight service around a :class:`MixerEngine`; listening as soon as it is constructed.
+
+    Args:
+        engine: the (started) engine to serve.
+        host: bind address; anything but loopback requires ``token``.
+        port: TCP port (0: any free port; see :attr:`port`).
+        token: shared secret clients send as ``authorization: Bearer <token>``.
+        tls_cert: PEM certificate file; with ``tls_key`` turns TLS on.
+        tls_key: PEM private key file.
+        log_every: seconds between status log lines (0: none).
+    """
+
+    def __init__(
+        self,
+        engine: MixerEngine,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8815,
+        token: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        log_every: float = 30.0,
+    ) -> None:
+        if not is_loopback(host) and not token:
+            raise ValueError(
+                f"binding {host!r} (not loopback) requires a token: pass --token or set SLUICE_MIXER_TOKEN"
+            )
+        if (tls_cert is None) != (tls_key is None):
+            raise ValueError("TLS needs both --tls-cert and --tls-key")
+        tls = None
+        if tls_cert is not None:
+            tls = [flight.CertKeyPair(cert=Path(tls_cert).read_bytes(), key=Path(tls_key).read_bytes())]
+        scheme = "grpc+tls" if tls else "grpc+tcp"
+        middleware = {"auth": BearerTokenFactory(token)} if token else None
+        bracket = f"[{host}]" if ":" in host else host
+        super().__init__(f"{scheme}://{bracket}:{port}", tls_certificates=tls, middleware=middleware)
+        self.engine = engine
+        self.host = host
+        self.scheme = scheme
+        d = engine.domains
+        L = engine.config.seq_len
+        self.train_schema = pa.schema(
+            [("input_ids", pa.list_(pa.int32(), L)), ("domain", pa.int16())],
+            metadata={"sluice.domains": json.dumps(d)},
+        )
+        self.eval_schema = self.train_schema.append(pa.field("n_valid", pa.int32()))
+        self._log_every = log_every
+        self._closed = threading.Event()
+        self._monitor = threading.Thread(target=self._monitor_loop, name="mixer-monitor", daemon=True)
+        self._monitor.start()
+
+    @property
+    def location(self) -> str:
+        """The URI a client on this machine connects to."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host  # noqa: S104 - a client address
+        host = "[::1]" if host == "::" else (f"[{host}]" if ":" in host else host)
+        return f"{self.scheme}://{host}:{self.port}"
+
+    # ------------------------------------------------------------------ Flight methods
+    def list_actions(self, context):
+        return list(ACTIONS.items())
+
+    def do_action(self, context, action):
+        kind = action.type
+        try:
+            body = _json(action.body.to_pybytes() if action.body is not None else b"", kind)
+            if kind in FEEDBACK_KINDS:
+                out = self.engine.feedback(kind, body)
+            elif kind == "checkpoint":
+                step = body.get("step")
+                timeout = body.get("timeout", 30.0)
+                if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 <= timeout <= 600:
+                    raise RequestError(
+                        f"checkpoint: `timeout` must be a number of seconds in [0, 600], got {timeout!r}"
+                    )
+                out = self.engine.checkpoint(step, timeout=float(timeout))
+            elif kind == "status":
+                out = self.engine.status()
+            elif kind == "info":
+                out = self.engine.info()
+            else:
+                raise RequestError(f"unknown action {kind!r}; actions: {', '.join(ACTIONS)}")
+        except (RequestError, FeedbackError) as e:
+            raise flight.FlightServerError(str(e)) from None
+        except MixerFailed as e:
+            raise flight.FlightServerError(f"mixer failed: {e}") from None
+        return [flight.Result(json.dumps(out).encode())]
+
+    def do_get(self, context, ticket):
+        try:
+            body = _json(ticket.ticket, "ticket")
+            kind = body.get("kind", "train")
+            if kind == "train":
+                return self._train_stream(context, body)
+            if kind == "eval":
+                return self._eval_stream(body)
+            raise RequestError(f"ticket `kind` must be 'train' or 'eval', got {kind!r}")
+        except RequestError as e:
+            raise flight.FlightServerError(str(e)) from None
+
+    # ------------------------------------------------------------------ streams
+    def _train_stream(self, context, body: dict) -> flight.GeneratorStream:
+        extra = sorted(set(body) - {"kind", "rank", "world", "step", "steps"})
+        if extra:
+            raise RequestError(f"train ticket: unknown field(s) {extra}")
+        rank, world = _get_int(body, "rank", 0), _get_int(body, "world", 1, lo=1)
+        start = _get_int(body, "step", 0)
+        steps = None if body.get("steps") is None else _get_int(body, "steps", lo=1)
+        self.engine.register_world(rank, world)
+        self.engine.check_step(start)
+        return flight.GeneratorStream(self.train_schema, self._train_batches(context, rank, world, start, steps))
+
+    def _train_batches(self, context, rank: int, world: int, start: int, steps: int | None):
+        eng = self.engine
+        per = eng.config.global_batch // world
+        lo, hi = rank * per, (rank + 1) * per
+        L = eng.config.seq_len
+        eng.stream_opened(rank)
+        try:
+            t = start
+            while steps is None or t < start + steps:
+                b = None
+                while b is None:
+                    if eng.stopped or self._closed.is_set():
+                        raise flight.FlightUnavailableError("mixer server is shutting down")
+                    if context.is_cancelled():
+                        return
+                    try:
+                        b = eng.batch(t, rank, timeout=0.5)
+                    except (RequestError, MixerFailed) as e:
+                        raise flight.FlightServerError(str(e)) from None
+                ids = b.domains[lo:hi]
+                rb = pa.RecordBatch.from_arrays(
+                    [
+                        pa.FixedSizeListArray.from_arrays(pa.array(b.tokens[lo:hi].reshape(-1)), L),
+                        pa.array(ids),
+                    ],
+                    schema=self.train_schema,
+                )
+                eng.served(rank, t, ids)
+                yield rb, json.dumps({"step": t}).encode()
+                t += 1
+        finally:
+            eng.stream_closed(rank)
+
+    def _eval_stream(self, body: dict) -> flight.GeneratorStream:
+        extra = sorted(set(body) - {"kind", "domain", "max_sequences", "batch_size"})
+        if extra:
+            raise RequestError(f"eval ticket: unknown field(s) {extra}")
+        domain = body.get("domain")
+        if not isinstance(domain, str):
+            raise RequestError(f"eval ticket: `domain` must be a domain name, got {domain!r}")
+        n = _get_int(body, "max_sequences", DEFAULT_EVAL_SEQUENCES, lo=1)
+        bs = _get_int(body, "batch_size", 8, lo=1)
+        toks, valid = self.engine.holdout(domain, n)
+        did = self.engine.domains.index(domain)
+        L = self.engine.config.seq_len
+        batches = []
+        for a in range(0, len(toks), bs):
+            rows = toks[a : a + bs]
+            batches.append(
+                pa.RecordBatch.from_arrays(
+                    [
+                        pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1)), L),
+                        pa.array(np.full(len(rows), did, np.int16)),
+                        pa.array(valid[a : a + bs]),
+                    ],
+                    schema=self.eval_schema,
+                )
+            )
+        return flight.GeneratorStream(self.eval_schema, iter(batches))
+
+    # ------------------------------------------------------------------ lifecycle
+    def _monitor_loop(self) -> None:
+        last_log = time.monotonic()
+        pool = pa.default_memory_pool()
+        while not self._closed.wait(1.0):
+            self.engine.sample_rates()
+            pool.release_unused()  # hand freed window buffers back to the OS (mimalloc/jemalloc keep them)
+            if self._log_every and time.monotonic() - last_log >= self._log_every:
+                last_log = time.monotonic()
+                logger.info("%s", status_line(self.engine.status()))
+
+    def close(self) -> None:
+        """Stop producing, end open streams, shut the server down (call from outside a Flight method)."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self.engine.stop()
+        self.shutdown()
+
+
+def status_line(s: dict[str, Any]) -> str:
+    """One log line from a `status` dict."""
+    total = sum(s["tokens_per_s"].values())
+    per = ", ".join(f"{d} {r / 1e6:.2f}M" for d, r in s["tokens_per_s"].items())
+    w = " ".join(f"{d}={x:.3f}" for d, x in s["weights"].items())
+    line = (
+        f"step {s['step']} (produced {s['produced_through']}, closed {s['closed_through']}) | weights {w} | "
+        f"{total / 1e6:.2f}M tok/s ({per}) | ranks {s['connected_ranks']}/{s['world']}"
+    )
+    if s.get("train_loss"):
+        line += " | loss " + " ".join(f"{d}={x:.3f}" for d, x in s["train_loss"].items())
+    if s.get("awaiting"):
+        a = s["awaiting"]
+        line += f" | waiting {a['seconds']}s for {a['kinds']} of step {a['step']} (ranks {a['missing_ranks']})"
+    return line
+
+
+def start_server(
+    out: str,
+    config: MixerConfig | None = None,
+    *,
+    state: dict[str, Any] | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    token: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    log_every: float = 30.0,
+    readers: int = 4,
+) -> MixerServer:
+    """Index ``out``, start the producer, listen. Stop it with :meth:`MixerServer.close`."""
+    if not is_loopback(host) and not token:  # refuse before indexing anything
+        raise ValueError(f"binding {host!r} (not loopback) requires a token: pass --token or set SLUICE_MIXER_TOKEN")
+    engine = MixerEngine(out, config or MixerConfig(), state=state, readers=readers)
+    try:
+        server = MixerServer(
+            engine, host=host, port=port, token=token, tls_cert=tls_cert, tls_key=tls_key, log_every=log_every
+        )
+    except BaseException:
+        engine.stop()
+        raise
+    engine.start()
+    return server

@@ -1,0 +1,184 @@
+"""The Flight service: weights, rank slices, epochs, feedback and ticket validation, status, eval."""
+
+import json
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow.flight as flight
+import pytest
+
+from mixers.client import MixtureStream
+from mixers.engine import MixerConfig
+from tests.mixers.conftest import decode, read_steps
+
+
+def _action(location, kind, body=None, raw=None):
+    c = flight.connect(location)
+    try:
+        payload = raw if raw is not None else json.dumps(body or {}).encode()
+        res = list(c.do_action(flight.Action(kind, payload)))
+        return json.loads(res[0].body.to_pybytes())
+    finally:
+        c.close()
+
+
+def test_weights_are_respected_within_sampling_error(serve):
+    weights = {"a": 0.6, "b": 0.3, "c": 0.1}
+    srv = serve(MixerConfig(seq_len=16, global_batch=32, mixer="static", mixer_params={"weights": weights}))
+    steps = read_steps(srv.location, 0, 1, 0, 150)
+    ids = np.concatenate([d for _, _, d in steps])
+    n = len(ids)
+    for k, (d, p) in enumerate(weights.items()):
+        assert abs((ids == k).mean() - p) <= 4.5 * math.sqrt(p * (1 - p) / n), d
+    st = _action(srv.location, "status")
+    assert st["weights"] == pytest.approx(weights) and st["produced_through"] >= 149
+    assert sum(st["tokens_served"].values()) == n * 16
+
+
+def test_ranks_get_disjoint_slices_that_form_the_global_batch(serve):
+    cfg = MixerConfig(seq_len=32, global_batch=8, seed=5)
+    whole = read_steps(serve(cfg).location, 0, 1, 0, 12)
+    srv = serve(cfg)
+    with ThreadPoolExecutor(4) as pool:
+        parts = list(pool.map(lambda r: read_steps(srv.location, r, 4, 0, 12), range(4)))
+    for t in range(12):
+        slices = [parts[r][t] for r in range(4)]
+        assert all(s[0] == t and s[1].shape == (2, 32) for s in slices)
+        assert np.array_equal(np.concatenate([s[1] for s in slices]), whole[t][1])
+        assert np.array_equal(np.concatenate([s[2] for s in slices]), whole[t][2])
+        served = [tok for s in slices for tok in decode(s[1].reshape(-1)) if tok[1] >= 0]
+        assert len(served) == len(set(served))  # no token of a document given to two ranks
+
+
+def test_one_epoch_serves_every_document_once(serve, run_dir):
+    """Follow each domain's sequences (in slot order) through the batches: its first epoch is exactly its
+    train documents, each whole and once; no held-out document is ever served."""
+    _, truth = run_dir
+    L, B = 32, 16
+    srv = serve(MixerConfig(seq_len=L, global_batch=B, seed=11, prefetch=16))
+    domains = srv.engine.domains
+    per_dom: dict[str, list] = {d: [] for d in domains}
+    need = {d: sum(len(t) for t in truth["train"][d].values()) for d in domains}
+    step = 0
+    while any(len(per_dom[d]) * L < need[d] for d in domains):
+        for _, toks, ids in read_steps(srv.location, 0, 1, step, 20):
+            for row, k in zip(toks, ids):
+                per_dom[domains[k]].append(row)
+        step += 20
+    holdout = {g for d in truth["holdout"].values() for g in d}
+    for d in domains:
+        stream = np.concatenate(per_dom[d])[: need[d]]
+        docs = [g for g, pos in decode(stream) if pos == -1]
+        assert sorted(docs) == sorted(truth["train"][d])
+        assert np.array_equal(stream, np.concatenate([truth["train"][d][g] for g in docs]))
+        assert not holdout & {g for g, _ in decode(np.concatenate(per_dom[d]))}
+
+
+BAD_FEEDBACK = [
+    ("report", {"step": 0, "rank": 0, "world": 1, "loss_sum": {"a": float("nan")}, "tokens": {"a": 3}}, "finite"),
+    ("report", {"step": 0, "rank": 0, "world": 1, "loss_sum": {"a": float("inf")}, "tokens": {"a": 3}}, "finite"),
+    ("report", {"step": 0, "rank": 0, "world": 1, "loss_sum": {"zz": 1.0}, "tokens": {"zz": 3}}, "unknown domain"),
+    ("report", {"step": 0, "rank": 2, "world": 2, "loss_sum": {"a": 1.0}, "tokens": {"a": 3}}, "must be < world"),
+    ("report", {"step": 0, "rank": 0, "world": 2, "loss_sum": {"a": 1.0}, "tokens": {"a": 3}}, "differs from"),
+    ("report", {"step": 10**7, "rank": 0, "world": 1, "loss_sum": {"a": 1.0}, "tokens": {"a": 3}}, "window"),
+    ("report", {"step": -1, "rank": 0, "world": 1, "loss_sum": {"a": 1.0}, "tokens": {"a": 3}}, "must be >= 0"),
+    ("report", {"step": 0, "rank": 0, "world": 1, "loss_sum": {"a": 1.0}, "tokens": {"a": 2.5}}, "integer"),
+    ("report", {"step": 0, "rank": 0, "world": 1, "loss_sum": {"a": 1.0}, "tokens": {"b": 2}}, "same domains"),
+    ("report", {"step": 0, "rank": 0, "world": 1, "loss_sum": {"a": -1.0}, "tokens": {"a": 2}}, ">= 0"),
+    ("report", {"step": "0", "rank": 0, "world": 1, "loss_sum": {"a": 1.0}, "tokens": {"a": 2}}, "integer"),
+    ("report", {"step": 0, "rank": 0, "world": 1, "loss": {"a": 1.0}}, "unknown field"),
+    ("report_eval", {"step": 0, "loss": {"a": "low"}}, "finite number"),
+    ("report_eval", {"step": 0, "loss": {}}, "non-empty"),
+    ("report_alignment", {"step": 0, "alignment": {"q": 0.1}}, "unknown domain"),
+    ("report_alignment", {"step": 0, "alignment": {"a": float("-inf")}}, "finite"),
+    ("report_eval", [1, 2], "JSON object"),
+    ("launch", {}, "unknown action"),
+]
+
+
+def test_bad_feedback_is_refused_and_the_server_keeps_serving(serve):
+    srv = serve()
+    first = read_steps(srv.location, 0, 1, 0, 1)
+    good = {"step": 0, "rank": 0, "world": 1, "loss_sum": {"a": 2.0}, "tokens": {"a": 4}}
+    assert _action(srv.location, "report", good)["ok"]
+    for kind, body, msg in [*BAD_FEEDBACK, ("report", good, "already reported")]:
+        with pytest.raises(flight.FlightServerError, match=msg):
+            _action(srv.location, kind, body)
+    with pytest.raises(flight.FlightServerError, match="not valid JSON"):
+        _action(srv.location, "report", raw=b"{not json")
+    assert _action(srv.location, "report_eval", {"step": 0, "loss": {"b": 1.5}})["ok"]
+    assert _action(srv.location, "report_alignment", {"step": 0, "alignment": {"c": -0.25}})["ok"]
+    with pytest.raises(flight.FlightServerError, match="already reported"):
+        _action(srv.location, "report_eval", {"step": 0, "loss": {"b": 1.0}})
+    again = read_steps(srv.location, 0, 1, 0, 3)  # still serving, and the same batch
+    assert np.array_equal(again[0][1], first[0][1]) and [s for s, _, _ in again] == [0, 1, 2]
+    st = _action(srv.location, "status")
+    assert st["train_loss"] == {"a": 0.5} and st["eval_loss"] == {"b": 1.5} and st["failed"] is None
+
+
+@pytest.mark.parametrize(
+    ("ticket", "msg"),
+    [
+        (b"not json", "not valid JSON"),
+        (b'"train"', "expected a JSON object"),
+        (json.dumps({"kind": "shuffle"}).encode(), "must be 'train' or 'eval'"),
+        (json.dumps({"kind": "train", "rank": 0, "world": 3}).encode(), "divide global_batch 8"),
+        (json.dumps({"kind": "train", "rank": 4, "world": 4}).encode(), r"rank 4 must be in \[0, 4\)"),
+        (json.dumps({"kind": "train", "rank": 0, "world": 1, "step": -3}).encode(), ">= 0"),
+        (json.dumps({"kind": "train", "rank": 0, "world": 1, "step": 10**9}).encode(), "too far ahead"),
+        (json.dumps({"kind": "train", "rank": 0, "world": 1, "rnak": 1}).encode(), r"unknown field\(s\) \['rnak'\]"),
+        (json.dumps({"kind": "train", "rank": 0, "world": 2}).encode(), "differs from this server's world 1"),
+        (json.dumps({"kind": "eval", "domain": "nope"}).encode(), "unknown domain 'nope'"),
+        (json.dumps({"kind": "eval", "domain": "a", "batch_size": 0}).encode(), "batch_size"),
+    ],
+)
+def test_bad_tickets_are_refused_and_the_server_keeps_serving(serve, ticket, msg):
+    srv = serve()
+    read_steps(srv.location, 0, 1, 0, 1)  # fixes the world at 1
+    c = flight.connect(srv.location)
+    with pytest.raises(flight.FlightServerError, match=msg):
+        c.do_get(flight.Ticket(ticket)).read_all()
+    c.close()
+    assert [s for s, _, _ in read_steps(srv.location, 0, 1, 1, 2)] == [1, 2]
+
+
+def test_client_stream_eval_status_and_checkpoint(serve, run_dir):
+    _, truth = run_dir
+    srv = serve(MixerConfig(seq_len=32, global_batch=8, mixer="temperature", mixer_params={"temperature": 2.0}))
+    s = MixtureStream(srv.location, rank=1, world_size=2, max_steps=3)
+    batches = list(s)
+    assert [b["step"] for b in batches] == [0, 1, 2]
+    b = batches[0]
+    assert b["input_ids"].dtype.is_floating_point is False and tuple(b["input_ids"].shape) == (4, 32)
+    assert (b["labels"] == b["input_ids"]).all() and b["labels"].data_ptr() != b["input_ids"].data_ptr()
+    assert b["domain"].tolist() == read_steps(srv.location, 1, 2, 0, 1)[0][2].tolist()
+    assert s.report(0, [1.0, 2.0, 3.0, 4.0], b["domain"])["ok"]
+    evals = list(s.eval_batches("c", batch_size=4, max_sequences=100))
+    ids = np.concatenate([e["input_ids"].numpy().reshape(-1)[: int(e["n_valid"].sum())] for e in evals])
+    want = np.concatenate([truth["holdout"]["c"][g] for g in sorted(truth["holdout"]["c"])])
+    assert np.array_equal(ids, want)
+    last = evals[-1]
+    assert (last["labels"][-1, int(last["n_valid"][-1]) :] == -100).all()
+    st = s.status()
+    tok = {d: sum(len(t) for t in truth["train"][d].values()) for d in "abc"}
+    z = sum(math.sqrt(n) for n in tok.values())
+    assert st["weights"] == pytest.approx({d: math.sqrt(n) / z for d, n in tok.items()})
+    state = s.state_dict()
+    assert state["next_step"] == 3 and state["server"]["step"] == 3
+    srv_state = state["server"]
+    assert srv_state["schedule"][0]["reason"] == "init:temperature"
+    assert srv_state["mixer"]["params"] == {"temperature": 2.0}
+    assert set(srv_state["cursors"]) == {"a", "b", "c"} and srv_state["version"] == 1
+    s.close()
+
+
+def test_works_through_a_dataloader_without_workers(serve):
+    from torch.utils.data import DataLoader
+
+    srv = serve()
+    s = MixtureStream(srv.location, max_steps=2)
+    got = list(DataLoader(s, batch_size=None, num_workers=0))
+    assert [b["step"] for b in got] == [0, 1] and tuple(got[0]["input_ids"].shape) == (8, 32)
+    assert s.state_dict()["next_step"] == 2
+    s.close()
