@@ -62,8 +62,8 @@ class MinHashConfig:
     """Every setting that decides which documents collide, in one place.
 
     ``str()`` names the values (datatrove's ``MinhashConfig`` prints ``5ng_14bs_8hs``), e.g.
-    ``w5ng_14bs_9hs_128p_poly64_affine32_s1``: word 5-grams, 14 bands of 9 rows, 128
-    permutations, poly64 shingle hashes, datasketch's ``affine32`` permutation scheme, seed 1.
+    ``w5ng_14bs_9hs_128p_xxh3_affine32_s1``: word 5-grams, 14 bands of 9 rows, 128
+    permutations, xxh3 shingle hashes, datasketch's ``affine32`` permutation scheme, seed 1.
 
     Args:
         ngram: words per shingle (ignored when ``char_ngram`` is set).
@@ -72,7 +72,7 @@ class MinHashConfig:
         bands: LSH bands.
         rows: signature values per band.
         seed: the permutation seed, with datasketch's meaning.
-        hash: shingle hash: ``poly64`` (fast, numpy) or ``sha1`` (datasketch's ``sha1_hash32``).
+        hash: shingle hash: ``xxh3`` (fast, numpy) or ``sha1`` (datasketch's ``sha1_hash32``).
         scheme: datasketch's permutation scheme: ``affine32`` (its 2.x default) or ``legacy``.
     """
 
@@ -82,7 +82,7 @@ class MinHashConfig:
     bands: int = 14
     rows: int = 9
     seed: int = 1
-    hash: str = "poly64"
+    hash: str = "xxh3"
     scheme: str = "affine32"
 
     def __post_init__(self) -> None:

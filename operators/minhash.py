@@ -91,7 +91,7 @@ class MinHashDedup(GlobalStage):
         verify: keep only candidate pairs whose exact shingle Jaccard ≥ ``threshold``.
         survivor: ``lowest_id`` or ``highest:<column>`` (a numeric column; nulls lose).
         seed: permutation seed, as datasketch's ``MinHash(seed=…)``.
-        hash: shingle hash: ``poly64`` (fast numpy hash) or ``sha1`` (datasketch's values,
+        hash: shingle hash: ``xxh3`` (xxh3 word hashes combined in numpy) or ``sha1`` (datasketch's values,
             for cross-checks; ~6x slower).
         scheme: datasketch permutation scheme: ``affine32`` (datasketch 2.x default) or ``legacy``.
         shuffle: Ray Data shuffle for the two keyed shuffles: ``sort`` (the classic
@@ -116,7 +116,7 @@ class MinHashDedup(GlobalStage):
         verify: bool = True,
         survivor: str = "lowest_id",
         seed: int = 1,
-        hash: Literal["poly64", "sha1"] = "poly64",
+        hash: Literal["xxh3", "sha1"] = "xxh3",
         scheme: Literal["affine32", "legacy"] = "affine32",
         shuffle: Literal["sort", "ray_default"] = "sort",
         _clusters: Any = None,
@@ -137,8 +137,8 @@ class MinHashDedup(GlobalStage):
             raise ValueError(f"fn_weight must be in [0, 1], got {fn_weight}")
         if not _SURVIVOR.match(survivor):
             raise ValueError(f"survivor must be 'lowest_id' or 'highest:<column>', got {survivor!r}")
-        if hash not in ("poly64", "sha1"):
-            raise ValueError(f"hash must be 'poly64' or 'sha1', got {hash!r}")
+        if hash not in ("xxh3", "sha1"):
+            raise ValueError(f"hash must be 'xxh3' or 'sha1', got {hash!r}")
         if shuffle not in ("sort", "ray_default"):
             raise ValueError(f"shuffle must be 'sort' or 'ray_default', got {shuffle!r}")
         self.shuffle = shuffle

@@ -25,6 +25,9 @@ from operators.minhash_sig import (
 
 logger = logging.getLogger(__name__)
 
+#: rows per block for the passes over documents: a checkpoint file is one read task, so without this
+#: a 128 MB checkpoint would be tokenised by a single task (streaming repartition, no shuffle)
+BLOCK_ROWS = 2048
 #: buckets up to this size emit all their pairs; larger ones a star to the smallest key plus a chain
 ALL_PAIRS_MAX_BUCKET = 16
 _JACCARD_BINS = np.round(np.arange(0, 1.01, 0.1), 1)
@@ -71,7 +74,8 @@ def candidate_pairs(ds, op, num_partitions: int, path: str) -> tuple[ParquetSpil
     """
     shards = 4 * max(2, num_partitions)
     out = (
-        ds.map_batches(band_rows, batch_format="pyarrow", fn_kwargs={"op": op, "shards": shards})
+        _split(ds)
+        .map_batches(band_rows, batch_format="pyarrow", fn_kwargs={"op": op, "shards": shards})
         .groupby("shard", num_partitions=max(2, num_partitions))
         .map_groups(bucket_pairs_block, batch_format="pyarrow")
     )
@@ -89,11 +93,16 @@ def candidate_pairs(ds, op, num_partitions: int, path: str) -> tuple[ParquetSpil
     return pairs, stats
 
 
+def _split(ds):
+    """Blocks of at most BLOCK_ROWS documents, so the document passes use every CPU."""
+    return ds.repartition(target_num_rows_per_block=BLOCK_ROWS)
+
+
 def name_candidates(ds, op, candidates: np.ndarray, path: str) -> str:
     """Key, id and score of every candidate document (``verify: false``), spilled to ``path``."""
     import ray
 
-    names = ds.map_batches(
+    names = _split(ds).map_batches(
         candidate_names, batch_format="pyarrow", fn_kwargs={"op": op, "candidates": ray.put(candidates)}
     )
     return spill(names, path, DOCS_SCHEMA).path
@@ -311,7 +320,7 @@ def verify_pairs(op, ds, cand_path: str, tmp: str, num_partitions: int):
         .collect()
     )
     dests = ray.put((dest["uid"].to_numpy(), dest["shard"].to_numpy()))
-    docs = ds.map_batches(_candidate_sets, batch_format="pyarrow", fn_kwargs={"op": op, "dests": dests})
+    docs = _split(ds).map_batches(_candidate_sets, batch_format="pyarrow", fn_kwargs={"op": op, "dests": dests})
     parts = [pa.Table.from_batches([b]) for b in iter_parquet(cand_path, ["a", "b"], 1 << 20)]
     pairs = ray.data.from_arrow(parts).map_batches(_pair_rows, batch_format="pyarrow", fn_kwargs={"shards": shards})
     scored = (

@@ -47,7 +47,7 @@ def test_planner_picks_sensible_values():
 
 def test_config_report_and_name():
     cfg = MinHashConfig(ngram=5, num_perm=128, bands=14, rows=9)
-    assert str(cfg) == "w5ng_14bs_9hs_128p_poly64_affine32_s1"
+    assert str(cfg) == "w5ng_14bs_9hs_128p_xxh3_affine32_s1"
     assert str(MinHashConfig(char_ngram=24, bands=20, rows=6, hash="sha1", seed=7)).startswith("c24ng_20bs_6hs")
     rep = cfg.report(0.8, 0.1, 0.9)
     assert list(rep["s_curve"]) == [f"{s:.2f}" for s in S_CURVE_POINTS]

@@ -189,7 +189,7 @@ def test_bad_parameters_fail_at_construction():
         MinHashDedup(stage="m", bands=20, rows=10)
     with pytest.raises(ValueError, match="survivor"):
         MinHashDedup(stage="m", survivor="best")
-    assert str(MinHashDedup(stage="m").config) == "w5ng_14bs_9hs_128p_poly64_affine32_s1"
+    assert str(MinHashDedup(stage="m").config) == "w5ng_14bs_9hs_128p_xxh3_affine32_s1"
 
 
 def test_end_to_end_through_the_runner(tmp_path):
@@ -224,5 +224,5 @@ output: {{dir: "{tmp_path}/out", shard_mb: 0.01}}
     stage = next(s for s in m["stages"] if s["stage"] == "minhash_dedup")
     assert stage["removed"] == {"minhash_duplicate": len(dups)}
     assert stage["report"]["duplicates_removed"] == len(dups)
-    assert stage["report"]["plan"]["config"] == "w5ng_14bs_9hs_128p_poly64_affine32_s1"
+    assert stage["report"]["plan"]["config"] == "w5ng_14bs_9hs_128p_xxh3_affine32_s1"
     json.dumps(stage["report"])  # the manifest report is plain JSON

@@ -73,7 +73,7 @@ def test_shingles_normalise_case_punctuation_and_unicode():
 
 
 @pytest.mark.parametrize("char_ngram", [None, 6])
-def test_poly64_hashes_follow_the_same_shingles(char_ngram):
+def test_xxh3_hashes_follow_the_same_shingles(char_ngram):
     h, off = shingle_hashes(TEXTS, 5, char_ngram)
     _, off_sha = shingle_hashes(TEXTS, 5, char_ngram, "sha1")
     assert np.array_equal(off, off_sha)
@@ -87,7 +87,7 @@ def test_poly64_hashes_follow_the_same_shingles(char_ngram):
     assert len(set(h.tolist())) == len(by_text)  # no collisions among these
 
 
-def test_poly64_is_uniform_enough_for_minhash():
+def test_xxh3_is_uniform_enough_for_minhash():
     rng = np.random.default_rng(0)
     vocab = [f"w{i}" for i in range(3000)]
     base = list(rng.choice(vocab, 400))
