@@ -250,7 +250,8 @@ def run(recipe: Recipe, out_dir: str | None = None, *, fresh: bool = False, reci
         ckdir = f"{root}/{STAGES_DIR}/{seg.index:02d}-{seg.name}"
         fingerprint = recipe.fingerprint(seg.end)
         done = _load_success(fs, f"{ckdir}/{SUCCESS}")
-        if done and done.get("fingerprint") == fingerprint:
+        # a checkpoint is reused only in the same role: a last segment wrote the final outputs, not live/removed
+        if done and done.get("fingerprint") == fingerprint and done.get("final") == last:
             logger.info("[%d/%d] %s: checkpoint complete, skipped", seg.index + 1, len(segments), seg.name)
             records.append(done)
             prev = ckdir
@@ -321,6 +322,7 @@ def _run_segment(recipe, seg, prev, ckdir, out_dir, last, records, gpus) -> dict
     live = [f for f in sink.files if not f.partition.startswith("removed")]
     rec = {
         "fingerprint": recipe.fingerprint(seg.end),
+        "final": last,
         "segment": seg.index,
         "name": seg.name,
         "dir": ckdir,

@@ -117,6 +117,17 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
     assert again["conservation"]["ok"]
 
 
+def test_growing_a_recipe_reuses_checkpoints_and_stays_correct(tmp_path):
+    _corpus(tmp_path)
+    first = run(_recipe(tmp_path, "  - {op: exact_dedup}"))
+    # the exact_dedup segment was last (it wrote the final shards); now another segment follows it
+    grown = run(_recipe(tmp_path, "  - {op: exact_dedup}\n  - {op: exact_dedup, name: again}"))
+    assert grown["conservation"]["ok"]
+    assert grown["conservation"]["kept"] == first["conservation"]["kept"]
+    shrunk = run(_recipe(tmp_path, "  - {op: exact_dedup}"))
+    assert shrunk["conservation"] == first["conservation"]
+
+
 junk_line = st.one_of(
     st.binary(max_size=120),
     st.builds(lambda s: json.dumps({"text": s}).encode(), st.text(max_size=200)),
