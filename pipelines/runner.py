@@ -28,7 +28,7 @@ from operators import load_all
 from operators.base import REGISTRY, GlobalStage
 from pipelines.recipe import Recipe, stage_params
 from storage.fs import expand_input, resolve
-from storage.manifest import VERSION, package_versions, write_manifest
+from storage.manifest import VERSION, conservation, package_versions, write_manifest
 from storage.schema import ERROR, INTERNAL_COLUMNS, READ_SCHEMA, REASON, STAGE, with_column
 from storage.shards import CheckpointLayout, ParquetFiles, RunLayout, ShardSink
 
@@ -409,7 +409,6 @@ def build_manifest(
             }
         )
         rows = out
-    ok = read == kept + removed
     return {
         "version": VERSION,
         "recipe": recipe.model_dump(),
@@ -424,14 +423,7 @@ def build_manifest(
         "domains": [{"domain": d, "docs": n, "chars": c, "tokens": t} for d, n, c, t in domains],
         "shards": shards,
         "removed_files": removed_files,
-        "conservation": {
-            "read": read,
-            "kept": kept,
-            "removed": removed,
-            "synthetic": 0,
-            "ok": ok,
-            "message": f"rows read {read} != kept {kept} + removed {removed}" if not ok else "read = kept + removed",
-        },
+        "conservation": conservation(read, kept, removed),
     }
 
 

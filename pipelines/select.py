@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import typer
 
 from storage.fs import expand_input, resolve
-from storage.manifest import VERSION, package_versions, read_manifest, write_manifest
+from storage.manifest import VERSION, conservation, package_versions, read_manifest, write_manifest
 from storage.schema import DUP_OF, ERROR, INTERNAL_COLUMNS, RAW, REASON, STAGE
 from storage.shards import RunLayout, ShardSink
 from storage.views import connect
@@ -224,7 +224,6 @@ def select(
     removed = sum(s["rows"] for s in removed_files)
     c = src["conservation"]
     read, synthetic = c["read"], c.get("synthetic", 0)
-    ok = read + synthetic == kept + removed
     gone = {
         r: n
         for r, n in ((NOT_SELECTED, sum(d[5] for d in by_domain)), (OVER_BUDGET, sum(d[6] for d in by_domain)))
@@ -279,17 +278,10 @@ def select(
         "domains": [{"domain": d, "docs": n, "chars": ch, "tokens": t} for d, n, ch, t in domains],
         "shards": shards,
         "removed_files": removed_files,
-        "conservation": {
-            "read": read,
-            "kept": kept,
-            "removed": removed,
-            "synthetic": synthetic,
-            "ok": ok,
-            "message": "read = kept + removed" if ok else f"rows read {read} != kept {kept} + removed {removed}",
-        },
+        "conservation": conservation(read, kept, removed, synthetic),
     }
     write_manifest(dest, manifest)
-    if not ok:
+    if not manifest["conservation"]["ok"]:
         from pipelines.runner import ConservationError
 
         raise ConservationError(manifest["conservation"]["message"])

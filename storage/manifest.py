@@ -36,6 +36,21 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def conservation(read: int, kept: int, removed: int, synthetic: int = 0) -> dict[str, Any]:
+    """The conservation record: rows read (+ synthetic rows added) must equal rows kept + rows removed."""
+    ok = read + synthetic == kept + removed
+    return {
+        "read": read,
+        "kept": kept,
+        "removed": removed,
+        "synthetic": synthetic,
+        "ok": ok,
+        "message": "read = kept + removed"
+        if ok
+        else f"rows read {read} (+{synthetic} synthetic) != kept {kept} + removed {removed}",
+    }
+
+
 def write_manifest(out_dir: str, manifest: dict[str, Any]) -> str:
     """Write ``manifest.json`` under ``out_dir`` through a temporary name; return its path."""
     fs, root = resolve(out_dir)

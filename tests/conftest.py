@@ -23,6 +23,25 @@ def ray_session():
     ray.shutdown()
 
 
+def make_batch(texts, domains=None, reasons=None):
+    """A READ_SCHEMA batch of ``texts`` (ids d0, d1, …); a non-null reason marks a row removed earlier."""
+    import pyarrow as pa
+
+    from storage.schema import READ_SCHEMA
+
+    n = len(texts)
+    reasons = reasons or [None] * n
+    cols = {
+        "id": [f"d{i}" for i in range(n)],
+        "text": texts,
+        "domain": domains or ["web"] * n,
+        "source": ["test"] * n,
+        "reason": reasons,
+        "stage": [None if r is None else "earlier" for r in reasons],
+    }
+    return pa.table({f.name: cols.get(f.name, [None] * n) for f in READ_SCHEMA}, schema=READ_SCHEMA)
+
+
 def write_jsonl(path: Path, records: list[dict | bytes]) -> Path:
     """Write records (dicts as JSON, bytes as-is) one per line."""
     path.parent.mkdir(parents=True, exist_ok=True)

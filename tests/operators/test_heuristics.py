@@ -1,12 +1,11 @@
 import random
 from collections import Counter
 
-import pyarrow as pa
 import pytest
 
 from operators.base import REGISTRY, params_model
 from operators.heuristics import C4Quality, FineWebQuality, GopherQuality, GopherRepetition, Length, NGrams
-from storage.schema import READ_SCHEMA
+from tests.conftest import make_batch
 
 GOOD = """The quick brown fox jumps over the lazy dog near the river bank.
 She said that the weather would be warm and sunny for the whole week.
@@ -17,20 +16,6 @@ The committee will meet again on Tuesday to discuss the budget for next year.
 Children learn to read faster when parents share books with them every evening.
 After the storm passed, volunteers helped to clear fallen branches from the streets."""
 LINES = GOOD.split("\n")
-
-
-def make_batch(texts, domains=None, reasons=None):
-    n = len(texts)
-    reasons = reasons or [None] * n
-    cols = {
-        "id": [f"d{i}" for i in range(n)],
-        "text": texts,
-        "domain": domains or ["web"] * n,
-        "source": ["test"] * n,
-        "reason": reasons,
-        "stage": [None if r is None else "earlier" for r in reasons],
-    }
-    return pa.table({f.name: cols.get(f.name, [None] * n) for f in READ_SCHEMA}, schema=READ_SCHEMA)
 
 
 @pytest.mark.parametrize("cls", [GopherQuality, GopherRepetition, FineWebQuality, Length])

@@ -1,23 +1,8 @@
-import pyarrow as pa
 import pytest
 
 from operators.base import params_model
 from operators.normalize import Normalize
-from storage.schema import READ_SCHEMA
-
-
-def make_batch(texts, domains=None, reasons=None):
-    n = len(texts)
-    reasons = reasons or [None] * n
-    cols = {
-        "id": [f"d{i}" for i in range(n)],
-        "text": texts,
-        "domain": domains or ["web"] * n,
-        "source": ["test"] * n,
-        "reason": reasons,
-        "stage": [None if r is None else "earlier" for r in reasons],
-    }
-    return pa.table({f.name: cols.get(f.name, [None] * n) for f in READ_SCHEMA}, schema=READ_SCHEMA)
+from tests.conftest import make_batch
 
 
 def norm(text, **kw):
