@@ -27,7 +27,10 @@ logger = logging.getLogger(__name__)
 
 #: rows per block for the passes over documents: a checkpoint file is one read task, so without this
 #: a 128 MB checkpoint would be tokenised by a single task (streaming repartition, no shuffle)
-BLOCK_ROWS = 2048
+BLOCK_ROWS = 4096
+#: rows per block going into a shuffle: the sort shuffle makes (blocks x blocks) pieces, so the many
+#: small blocks of the document passes are coalesced first (~20 MB of band rows per block)
+SHUFFLE_BLOCK_ROWS = 1 << 20
 #: buckets up to this size emit all their pairs; larger ones a star to the smallest key plus a chain
 ALL_PAIRS_MAX_BUCKET = 16
 _JACCARD_BINS = np.round(np.arange(0, 1.01, 0.1), 1)
@@ -76,6 +79,7 @@ def candidate_pairs(ds, op, num_partitions: int, path: str) -> tuple[ParquetSpil
     out = (
         _split(ds)
         .map_batches(band_rows, batch_format="pyarrow", fn_kwargs={"op": op, "shards": shards})
+        .repartition(target_num_rows_per_block=SHUFFLE_BLOCK_ROWS, strict=True)
         .groupby("shard", num_partitions=max(2, num_partitions))
         .map_groups(bucket_pairs_block, batch_format="pyarrow")
     )
@@ -320,7 +324,11 @@ def verify_pairs(op, ds, cand_path: str, tmp: str, num_partitions: int):
         .collect()
     )
     dests = ray.put((dest["uid"].to_numpy(), dest["shard"].to_numpy()))
-    docs = _split(ds).map_batches(_candidate_sets, batch_format="pyarrow", fn_kwargs={"op": op, "dests": dests})
+    docs = (
+        _split(ds)
+        .map_batches(_candidate_sets, batch_format="pyarrow", fn_kwargs={"op": op, "dests": dests})
+        .repartition(target_num_rows_per_block=SHUFFLE_BLOCK_ROWS // 16, strict=True)  # rows carry shingle sets
+    )
     parts = [pa.Table.from_batches([b]) for b in iter_parquet(cand_path, ["a", "b"], 1 << 20)]
     pairs = ray.data.from_arrow(parts).map_batches(_pair_rows, batch_format="pyarrow", fn_kwargs={"shards": shards})
     scored = (

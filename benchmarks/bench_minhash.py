@@ -1,0 +1,618 @@
+"""Fuzzy dedup, side by side: Sluice's minhash_dedup, datatrove's 4-stage MinHash, datasketch MinHashLSH.
+
+Quality mode (default) plants near-duplicate families in a synthetic corpus — documents
+copied and mutated word by word at controlled rates (0-6% of words substituted, deleted or
+inserted; some variants are mutated from other variants, so chains occur) — and takes as
+truth every document that has a partner with exact word-5-gram Jaccard ≥ 0.8 in its
+family. The same JSONL files go, in one run and on the same cores, through
+
+* Sluice: ``pipelines.runner.run`` with ``{op: minhash_dedup, threshold: 0.8}`` (read →
+  checkpoint → minhash_dedup → shards), Ray started beforehand with ``--cpus`` CPUs;
+* datatrove: MinhashDedupSignature → Buckets → Cluster → Filter with its default
+  MinhashConfig (5-grams, 14 buckets × 8 hashes, xxhash), ``--cpus`` local workers, run in
+  a separate Python that has datatrove (never installed into the project's venv);
+* datasketch: one process, ``MinHash.bulk`` (128 permutations, SHA1) and ``MinHashLSH``
+  with the same threshold and weights as Sluice (so its own optimiser picks the same
+  14 × 9 plan), candidates verified by exact Jaccard, union–find.
+
+Each system's doc-level precision/recall/F1 counts a document as flagged when the system
+put it in a cluster of two or more (kept or removed); docs/s is documents over wall
+seconds from reading the JSONL to the decision. Other load on the machine slows all
+three alike; the JSON records the load average before and after.
+
+Scale mode (``--scale N``) writes N synthetic documents (5% near-duplicates) as Parquet,
+runs the same recipe and reports wall time, docs/s and the peak memory (sum of PSS) of
+the driver and every process it started (Ray's raylet, object store and workers).
+
+Run:
+    python3 -m venv /tmp/dtvenv && /tmp/dtvenv/bin/pip install datatrove     # throwaway venv
+    .venv/bin/python -m benchmarks.bench_minhash --docs 50000 --dt-python /tmp/dtvenv/bin/python
+    .venv/bin/python -m benchmarks.bench_minhash --scale 1000000
+Results go to benchmarks/results/minhash-*.json (git-ignored) and a markdown table to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+THRESHOLD = 0.8
+#: per-word edit probabilities of a variant; roughly J = 1.0 … 0.55 against its source
+RATES = (0.0, 0.003, 0.006, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.06)
+_WORD = re.compile(r"\w+")
+
+
+# ---------------------------------------------------------------------- corpus
+def _vocab(rng: np.random.Generator, n: int = 30_000) -> tuple[list[str], np.ndarray]:
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    lens = rng.integers(3, 10, n)
+    words = sorted({"".join(rng.choice(letters, k)) for k in lens})
+    words = [words[i] for i in rng.permutation(len(words))]
+    p = 1.0 / np.arange(1, len(words) + 1) ** 1.05
+    return words, p / p.sum()
+
+
+def _sample(rng: np.random.Generator, p: np.ndarray, size) -> np.ndarray:
+    """Word indices drawn from ``p`` (inverse CDF, much faster than ``rng.choice(p=...)`` per document)."""
+    return np.minimum(np.searchsorted(np.cumsum(p), rng.random(size)), len(p) - 1)
+
+
+def _render(words: list[str]) -> str:
+    """Words with a full stop every 15th word and a capital after it (punctuation is ignored by all three)."""
+    out = []
+    for i, w in enumerate(words):
+        out.append(w.capitalize() if i % 15 == 0 else w)
+        if i % 15 == 14:
+            out[-1] += "."
+    return " ".join(out) + "."
+
+
+def _mutate(rng: np.random.Generator, words: list[str], rate: float, vocab: list[str]) -> list[str]:
+    """Each word, with probability ``rate``: substituted (60%), deleted (20%) or followed by a new word (20%)."""
+    out: list[str] = []
+    draws = rng.random(len(words)).tolist()
+    for w, r in zip(words, draws):
+        if r >= rate:
+            out.append(w)
+        elif r < rate * 0.6:
+            out.append(vocab[rng.integers(len(vocab))])
+        elif r < rate * 0.8:
+            continue
+        else:
+            out.extend((w, vocab[rng.integers(len(vocab))]))
+    return out
+
+
+def planted_corpus(n_docs: int, seed: int = 0, family_share: float = 0.18) -> tuple[list[str], list[str], list[int]]:
+    """(ids, texts, family of each doc). A share of bases get 1-3 mutated variants."""
+    rng = np.random.default_rng(seed)
+    vocab, p = _vocab(rng)
+    docs: list[tuple[int, list[str]]] = []
+    fam = 0
+    while len(docs) < n_docs:
+        base = [vocab[i] for i in _sample(rng, p, int(rng.integers(250, 550))).tolist()]
+        members = [base]
+        if rng.random() < family_share:
+            for _ in range(int(rng.integers(1, 4))):
+                src = members[int(rng.integers(len(members)))] if rng.random() < 0.3 else base
+                members.append(_mutate(rng, src, float(rng.choice(RATES)), vocab))
+        docs.extend((fam, m) for m in members)
+        fam += 1
+    docs = docs[:n_docs]
+    order = rng.permutation(len(docs))
+    ids = [f"d{i:08d}" for i in range(len(docs))]
+    return ids, [_render(docs[j][1]) for j in order], [docs[j][0] for j in order]
+
+
+def _grams(text: str, n: int = 5) -> set[str]:
+    w = _WORD.findall(text.lower())
+    return {" ".join(w[i : i + n]) for i in range(max(len(w) - n + 1, 1))} if w else set()
+
+
+def truth(ids: list[str], texts: list[str], families: list[int]) -> tuple[set[str], int, dict]:
+    """Documents with a partner at exact 5-gram Jaccard ≥ THRESHOLD; the ideal removal count; J histogram."""
+    by_fam: dict[int, list[int]] = {}
+    for i, f in enumerate(families):
+        by_fam.setdefault(f, []).append(i)
+    flagged: set[str] = set()
+    parent = list(range(len(ids)))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    hist = np.zeros(10, dtype=int)
+    for members in by_fam.values():
+        if len(members) < 2:
+            continue
+        sets = {i: _grams(texts[i]) for i in members}
+        for a_i, a in enumerate(members):
+            for b in members[a_i + 1 :]:
+                j = len(sets[a] & sets[b]) / max(1, len(sets[a] | sets[b]))
+                hist[min(int(j * 10), 9)] += 1
+                if j >= THRESHOLD:
+                    flagged.update((ids[a], ids[b]))
+                    parent[find(a)] = find(b)
+    roots = [find(i) for i in range(len(ids)) if ids[i] in flagged]
+    ideal_removed = len(roots) - len(set(roots))
+    return flagged, ideal_removed, {f"{k / 10:.1f}": int(v) for k, v in enumerate(hist)}
+
+
+def write_jsonl(dirpath: Path, ids: list[str], texts: list[str], files: int) -> list[Path]:
+    dirpath.mkdir(parents=True, exist_ok=True)
+    paths = []
+    per = -(-len(ids) // files)
+    for k in range(files):
+        path = dirpath / f"part-{k:03d}.jsonl"
+        with open(path, "w") as f:
+            for i, t in zip(ids[k * per : (k + 1) * per], texts[k * per : (k + 1) * per]):
+                f.write(json.dumps({"id": i, "text": t}) + "\n")
+        paths.append(path)
+    return paths
+
+
+def score(flagged: set[str], true: set[str]) -> dict:
+    tp = len(flagged & true)
+    p = tp / len(flagged) if flagged else 1.0
+    r = tp / len(true) if true else 1.0
+    return {"precision": round(p, 4), "recall": round(r, 4), "f1": round(2 * p * r / (p + r), 4) if p + r else 0.0}
+
+
+# ---------------------------------------------------------------------- systems
+def _run_recipe(input_glob: str, fmt: str, out: Path, stages: str) -> tuple[dict, float, float]:
+    from pipelines.recipe import parse_recipe
+    from pipelines.runner import run
+
+    recipe = parse_recipe(
+        f"""inputs:
+  - {{path: "{input_glob}", domain: web, id_field: id, format: {fmt}}}
+stages: {stages}
+output: {{dir: "{out}", shard_mb: 256}}
+"""
+    )
+    cpu0, t0 = tree_cpu(), time.perf_counter()
+    manifest = run(recipe, fresh=True)
+    return manifest, time.perf_counter() - t0, cpu_delta(cpu0, tree_cpu())
+
+
+def run_sluice_io(input_glob: str, fmt: str, out: Path) -> dict:
+    """The runner without stages (read → shards): what I/O and Ray cost before any dedup work."""
+    manifest, seconds, cpu = _run_recipe(input_glob, fmt, out, "[]")
+    return {"seconds": seconds, "cpu_seconds": cpu, "conservation_ok": manifest["conservation"]["ok"]}
+
+
+def run_sluice(input_glob: str, fmt: str, out: Path, extra: str = "") -> dict:
+    from storage.shards import read_shards
+
+    stages = f"[{{op: minhash_dedup, threshold: {THRESHOLD}{extra}}}]"
+    manifest, seconds, cpu = _run_recipe(input_glob, fmt, out, stages)
+    stage = next(s for s in manifest["stages"] if s["op"] == "minhash_dedup")
+    kept = read_shards(str(out / "shards"), columns=["id", "dup_cluster"])
+    removed = read_shards(str(out / "removed" / "stage=minhash_dedup"), columns=["id", "dup_cluster"])
+    flagged = {
+        i
+        for t in (kept, removed)
+        for i, c in zip(t.column("id").to_pylist(), t.column("dup_cluster").to_pylist())
+        if c is not None and c >= 0
+    }
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "stage_seconds": stage["seconds"],
+        "flagged": flagged,
+        "removed": removed.num_rows,
+        "report": stage["report"],
+        "conservation_ok": manifest["conservation"]["ok"],
+        "segments": manifest["segments"],
+    }
+
+
+def run_datasketch(paths: list[Path], num_perm: int = 128) -> dict:
+    from datasketch import MinHash, MinHashLSH
+
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    ids, shingles = [], []
+    for path in paths:
+        with open(path) as f:
+            for line in f:
+                d = json.loads(line)
+                ids.append(d["id"])
+                shingles.append(_grams(d["text"]))
+    mhs = MinHash.bulk([[s.encode() for s in sh] for sh in shingles], num_perm=num_perm)
+    lsh = MinHashLSH(threshold=THRESHOLD, num_perm=num_perm, weights=(0.1, 0.9))
+    with lsh.insertion_session() as session:
+        for i, m in enumerate(mhs):
+            if shingles[i]:
+                session.insert(i, m)
+    parent = list(range(len(ids)))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    candidates = verified = 0
+    for i, m in enumerate(mhs):
+        if not shingles[i]:
+            continue
+        for j in lsh.query(m):
+            if j <= i:
+                continue
+            candidates += 1
+            a, b = shingles[i], shingles[j]
+            if len(a & b) / len(a | b) >= THRESHOLD:
+                verified += 1
+                ra, rb = find(i), find(j)
+                if ra != rb:
+                    parent[max(ra, rb)] = min(ra, rb)
+    roots = [find(i) for i in range(len(ids))]
+    sizes: dict[int, int] = {}
+    for r in roots:
+        sizes[r] = sizes.get(r, 0) + 1
+    flagged = {ids[i] for i, r in enumerate(roots) if sizes[r] > 1}
+    return {
+        "seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - cpu0,
+        "flagged": flagged,
+        "removed": sum(v - 1 for v in sizes.values()),
+        "plan": [lsh.b, lsh.r],
+        "candidate_pairs": candidates,
+        "verified_pairs": verified,
+    }
+
+
+DATATROVE = r"""
+import glob, gzip, json, sys, time
+from datatrove.executor.local import LocalPipelineExecutor
+from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
+    MinhashDedupFilter, MinhashDedupSignature)
+from datatrove.pipeline.readers import JsonlReader
+from datatrove.pipeline.writers.jsonl import JsonlWriter
+import datatrove.utils.hashes.xxhash as dx
+
+# datatrove 0.10 hands str to xxhash, which xxhash >= 4 refuses; encode first (what older xxhash did inside)
+def xxhash64(d):
+    import xxhash
+    return xxhash.xxh64_intdigest(d.encode() if isinstance(d, str) else d)
+dx.xxhash64 = xxhash64
+
+a = json.loads(sys.argv[1])
+inp, work, workers, files = a["input"], a["work"], a["workers"], a["files"]
+cfg = MinhashConfig()  # datatrove's defaults: 5-grams, 14 buckets x 8 hashes, xxhash
+t, t0 = {}, time.perf_counter()
+def stage(name, pipeline, tasks, w):
+    s = time.perf_counter()
+    LocalPipelineExecutor(pipeline, tasks=tasks, workers=w, logging_dir=f"{work}/logs/{name}").run()
+    t[name] = time.perf_counter() - s
+stage("signatures", [JsonlReader(inp), MinhashDedupSignature(output_folder=f"{work}/sigs", config=cfg)], files, workers)
+stage("buckets", [MinhashDedupBuckets(input_folder=f"{work}/sigs", output_folder=f"{work}/buckets", config=cfg)],
+      cfg.num_buckets, workers)
+stage("cluster", [MinhashDedupCluster(input_folder=f"{work}/buckets", output_folder=f"{work}/remove_ids", config=cfg,
+      save_cluster_id=True)], 1, 1)
+stage("filter", [JsonlReader(inp), MinhashDedupFilter(input_folder=f"{work}/remove_ids",
+      exclusion_writer=JsonlWriter(f"{work}/removed"), load_cluster_ids=True), JsonlWriter(f"{work}/output")],
+      files, workers)
+total = time.perf_counter() - t0
+flagged, removed = [], 0
+for kind in ("output", "removed"):
+    for path in glob.glob(f"{work}/{kind}/*.jsonl.gz"):
+        with gzip.open(path, "rt") as f:
+            for line in f:
+                d = json.loads(line)
+                removed += kind == "removed"
+                if d.get("metadata", {}).get("minhash_cluster_id", -1) != -1:
+                    flagged.append(d["id"])
+print("RESULT " + json.dumps({"seconds": total, "stages": t, "flagged": flagged, "removed": removed,
+                              "plan": [cfg.num_buckets, cfg.hashes_per_bucket]}))
+"""
+
+
+def run_datatrove(python: str, input_dir: Path, files: int, workers: int, work: Path) -> dict:
+    args = {"input": str(input_dir), "work": str(work), "workers": workers, "files": files}
+    with TreeCpu() as cpu_meter, tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([python, "-c", DATATROVE, json.dumps(args)], stdout=out, stderr=err, text=True)
+        cpu_meter.watch(proc.pid)
+        proc.wait()
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    cpu = cpu_meter.total  # the datatrove process and all its workers, imports included
+    line = next((ln for ln in stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"datatrove run failed ({proc.returncode}):\n{stderr[-3000:]}")
+    res = json.loads(line[len("RESULT ") :])
+    res["flagged"] = set(res["flagged"])
+    res["cpu_seconds"] = cpu
+    return res
+
+
+# ---------------------------------------------------------------------- CPU and memory accounting
+def tree_cpu() -> dict[int, float]:
+    """CPU seconds (user + system, including reaped children) of this process and every descendant, by pid."""
+    import psutil
+
+    me = psutil.Process()
+    out: dict[int, float] = {}
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            out[p.pid] = t.user + t.system + t.children_user + t.children_system
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return out
+
+
+def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(v - before.get(pid, 0.0) for pid, v in after.items())
+
+
+class TreeCpu:
+    """CPU seconds of a process tree, polled: the last reading of every pid ever seen, summed.
+
+    Workers that datatrove's executor forks (via its forkserver) are not reaped into our
+    rusage, so the tree is polled every 0.2 s; a worker loses at most its last 0.2 s.
+    """
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.seen: dict[tuple[int, float], float] = {}
+        self._root: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def watch(self, pid: int) -> None:
+        self._root = pid
+
+    def _poll(self) -> None:
+        import psutil
+
+        if self._root is None:
+            return
+        try:
+            root = psutil.Process(self._root)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                self.seen[(p.pid, p.create_time())] = t.user + t.system  # every descendant is polled itself
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._poll()
+            self._stop.wait(self.interval)
+
+    @property
+    def total(self) -> float:
+        return sum(self.seen.values())
+
+    def __enter__(self) -> TreeCpu:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# ---------------------------------------------------------------------- memory sampling
+class PeakMemory:
+    """Samples the summed PSS (RSS where PSS is unavailable) of this process and all its descendants."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        import psutil
+
+        self._psutil = psutil
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _sample(self) -> int:
+        me = self._psutil.Process()
+        total = 0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                mem = p.memory_full_info()
+                total += getattr(mem, "pss", mem.rss)
+            except (self._psutil.NoSuchProcess, self._psutil.AccessDenied):
+                continue
+        return total
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# ---------------------------------------------------------------------- modes
+def _machine() -> dict:
+    return {
+        "cpus_visible": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "python": sys.version.split()[0],
+    }
+
+
+def quality(args) -> dict:
+    import ray
+
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    ids, texts, fams = planted_corpus(args.docs, args.seed)
+    true, ideal_removed, jhist = truth(ids, texts, fams)
+    paths = write_jsonl(work / "input", ids, texts, args.files)
+    result = {"mode": "quality", "docs": len(ids), "threshold": THRESHOLD, "cpus": args.cpus, "machine": _machine()}
+    result["truth"] = {"flagged": len(true), "ideal_removed": ideal_removed, "family_pair_jaccard": jhist}
+    runs: dict[str, dict] = {}
+
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    runs["sluice"] = run_sluice(str(work / "input" / "*.jsonl"), "jsonl", work / "sluice")
+    baseline = run_sluice_io(str(work / "input" / "*.jsonl"), "jsonl", work / "sluice-io")
+    ray.shutdown()
+    if args.dt_python:
+        runs["datatrove"] = run_datatrove(args.dt_python, work / "input", args.files, args.cpus, work / "datatrove")
+    if not args.skip_datasketch:
+        runs["datasketch"] = run_datasketch(paths)
+    for r in runs.values():
+        r.update(score(r.pop("flagged"), true))
+        r["docs_per_s"] = round(len(ids) / r["seconds"], 1)
+        r["docs_per_cpu_s"] = round(len(ids) / r["cpu_seconds"], 1)
+        r["seconds"], r["cpu_seconds"] = round(r["seconds"], 2), round(r["cpu_seconds"], 2)
+    result["runs"] = runs
+    result["sluice_runner_without_stages"] = {
+        k: round(v, 2) if isinstance(v, float) else v for k, v in baseline.items()
+    }
+    result["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    for other in ("datatrove", "datasketch"):
+        if other in runs:
+            result[f"speedup_vs_{other}"] = {
+                k: round(runs["sluice"][k] / runs[other][k], 2) for k in ("docs_per_s", "docs_per_cpu_s")
+            }
+    return result
+
+
+def synthetic_parquet(n: int, out: Path, seed: int = 0, per_file: int = 200_000, words: int = 150) -> int:
+    """n documents of ``words`` Zipf words; 5% are light mutations (1-2% of words) of earlier ones."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    vocab, p = _vocab(rng)
+    vocab_arr = np.array(vocab, dtype=object)
+    out.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for k, start in enumerate(range(0, n, per_file)):
+        m = min(per_file, n - start)
+        idx = _sample(rng, p, (m, words))
+        dup = np.flatnonzero(rng.random(m) < 0.05)
+        dup = dup[dup > 0]
+        src = (rng.random(len(dup)) * dup).astype(np.int64)
+        idx[dup] = idx[src]
+        flips = rng.random((len(dup), words)) < 0.015
+        idx[dup] = np.where(flips, rng.integers(0, len(vocab), (len(dup), words)), idx[dup])
+        texts = [" ".join(row) + "." for row in vocab_arr[idx]]
+        ids = [f"s{start + i:09d}" for i in range(m)]
+        pq.write_table(pa.table({"id": ids, "text": texts}), out / f"part-{k:05d}.parquet", compression="zstd")
+        written += m
+    return written
+
+
+def scale(args) -> dict:
+    import ray
+
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    t0 = time.perf_counter()
+    n = synthetic_parquet(args.scale, work / "input")
+    gen_s = time.perf_counter() - t0
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    with PeakMemory() as mem:
+        ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        run = run_sluice(str(work / "input" / "*.parquet"), "parquet", work / "sluice")
+        ray.shutdown()
+    run.pop("flagged")
+    rep = run["report"]
+    return {
+        "mode": "scale",
+        "docs": n,
+        "cpus": args.cpus,
+        "machine": {**_machine(), "memory_total_gb": round(_mem_total() / 2**30, 1)},
+        "generate_seconds": round(gen_s, 1),
+        "seconds": round(run["seconds"], 1),
+        "cpu_seconds": round(run["cpu_seconds"], 1),
+        "docs_per_s": round(n / run["seconds"], 1),
+        "peak_pss_gb": round(mem.peak / 2**30, 2),
+        "stage_seconds": run["stage_seconds"],
+        "segments": run["segments"],
+        "removed": run["removed"],
+        "conservation_ok": run["conservation_ok"],
+        "report": {
+            k: rep[k] for k in ("candidate_pairs", "verified_pairs", "clusters", "duplicates_removed", "seconds")
+        },
+    }
+
+
+def _mem_total() -> int:
+    with open("/proc/meminfo") as f:
+        return int(f.readline().split()[1]) * 1024
+
+
+def table(result: dict) -> str:
+    if result["mode"] == "scale":
+        return (
+            "| docs | wall s | CPU s | docs/s | peak memory (PSS, GB) | removed | cpus |\n"
+            "|---|---|---|---|---|---|---|\n"
+            f"| {result['docs']:,} | {result['seconds']} | {result['cpu_seconds']} | {result['docs_per_s']:,.0f} "
+            f"| {result['peak_pss_gb']} | {result['removed']:,} | {result['cpus']} |"
+        )
+    rows = [
+        "| system | plan (b×r) | docs/s (wall) | docs/CPU-s | wall s | CPU s | precision | recall | F1 "
+        f"| removed (ideal {result['truth']['ideal_removed']:,}) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in result["runs"].items():
+        plan = r.get("plan") or [r["report"]["plan"]["bands"], r["report"]["plan"]["rows"]]
+        rows.append(
+            f"| {name} | {plan[0]}×{plan[1]} | {r['docs_per_s']:,.0f} | {r['docs_per_cpu_s']:,.0f} | {r['seconds']} "
+            f"| {r['cpu_seconds']} | {r['precision']} | {r['recall']} | {r['f1']} | {r['removed']:,} |"
+        )
+    io = result.get("sluice_runner_without_stages")
+    if io:
+        n = result["docs"]
+        rows.append(
+            f"| (sluice runner, no stages) | – | {n / io['seconds']:,.0f} | {n / io['cpu_seconds']:,.0f} "
+            f"| {io['seconds']} | {io['cpu_seconds']} | – | – | – | – |"
+        )
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--docs", type=int, default=50_000, help="documents in the planted corpus (quality mode)")
+    ap.add_argument("--scale", type=int, default=0, help="run the scale mode with this many documents instead")
+    ap.add_argument("--cpus", type=int, default=2, help="CPUs for Ray and for datatrove's workers")
+    ap.add_argument("--files", type=int, default=4, help="input JSONL files (datatrove's task count)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dt-python", default=None, help="a Python with datatrove installed (e.g. /tmp/dtvenv/bin/python)")
+    ap.add_argument("--skip-datasketch", action="store_true")
+    ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "sluice-bench-minhash"))
+    args = ap.parse_args(argv)
+    result = scale(args) if args.scale else quality(args)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = f"minhash-{result['mode']}-{result['docs']}.json"
+    (RESULTS / name).write_text(json.dumps(result, indent=2, default=str))
+    print(table(result))
+    load = result["machine"]["load_average"]
+    print(f"\n(written to benchmarks/results/{name}; {result['cpus']} CPUs; load average before {load})")
+
+
+if __name__ == "__main__":
+    main()
