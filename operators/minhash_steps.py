@@ -187,15 +187,11 @@ def bucket_pairs_block(group: pa.Table) -> pa.Table:
     """``bucket_pairs`` over one key shard of band rows, plus one statistics row."""
     a, b, sizes = bucket_pairs(group.column("key").to_numpy(), group.column("uid").to_numpy())
     n = len(a)
-    stats = [group.num_rows, len(sizes), int(sizes.max()) if len(sizes) else 0]
-    return pa.table(
-        {
-            "a": pa.array(np.append(a, 0), mask=np.arange(n + 1) == n),
-            "b": pa.array(np.append(b, 0), mask=np.arange(n + 1) == n),
-            **{k: pa.array([None] * n + [v], pa.int64()) for k, v in zip(("band_rows", "buckets", "largest"), stats)},
-        },
-        schema=_BUCKET_OUT,
-    )
+    last = np.arange(n + 1) == n  # the statistics row
+    stats = {"band_rows": group.num_rows, "buckets": len(sizes), "largest": int(sizes.max()) if len(sizes) else 0}
+    cols = {"a": pa.array(np.append(a, 0), mask=last), "b": pa.array(np.append(b, 0), mask=last)}
+    cols.update({k: pa.array(np.full(n + 1, v, np.int64), mask=~last) for k, v in stats.items()})
+    return pa.table(cols, schema=_BUCKET_OUT)
 
 
 _BROADCAST: dict[str, Any] = {}
