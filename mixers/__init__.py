@@ -5,4 +5,4 @@ from __future__ import annotations
 
 def load_all() -> None:
     """Import every built-in mixing algorithm so the registry knows them."""
-    from mixers import static  # noqa: F401
+    from mixers import aioli, dga, doremi, odm, static  # noqa: F401

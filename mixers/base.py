@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+logger = logging.getLogger(__name__)
 
 #: feedback kinds, named after the Flight actions that carry them
 REPORT = "report"
@@ -62,6 +65,8 @@ class Feedback:
         tokens: ``report``: per-domain number of tokens those losses cover.
         eval_loss: ``report_eval``: per-domain mean held-out loss.
         alignment: ``report_alignment``: per-domain scalars, e.g. ⟨g_domain, g_target⟩ (DGA).
+        ref_loss_sum: ``report`` (optional): per-domain sum of a reference model's token
+            losses over the same tokens (DoReMi); ``None`` when no rank sent one.
     """
 
     step: int
@@ -69,6 +74,7 @@ class Feedback:
     tokens: dict[str, int] | None = None
     eval_loss: dict[str, float] | None = None
     alignment: dict[str, float] | None = None
+    ref_loss_sum: dict[str, float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def train_loss(self) -> dict[str, float]:
@@ -76,6 +82,28 @@ class Feedback:
         if self.loss_sum is None or self.tokens is None:
             return {}
         return {d: self.loss_sum[d] / n for d, n in self.tokens.items() if n > 0 and d in self.loss_sum}
+
+    def reference_loss(self) -> dict[str, float]:
+        """Per-domain mean reference-model loss per token over the same tokens (empty if none was sent)."""
+        if self.ref_loss_sum is None or self.tokens is None:
+            return {}
+        return {d: self.ref_loss_sum[d] / n for d, n in self.tokens.items() if n > 0 and d in self.ref_loss_sum}
+
+
+@dataclass(frozen=True)
+class Planned:
+    """Weights an algorithm fixes in advance for one step (see :meth:`MixingAlgorithm.plan`).
+
+    Attributes:
+        weights: domain -> weight (normalised by the server).
+        reason: recorded in the schedule when the weights change, e.g. ``aioli:probe``.
+        exact: give each domain exactly ``max(1, int(w·B))`` of the step's ``B`` sequences
+            (rounded to fill the batch) instead of drawing each sequence's domain.
+    """
+
+    weights: dict[str, float]
+    reason: str
+    exact: bool = False
 
 
 class MixingAlgorithm(ABC):
@@ -103,6 +131,18 @@ class MixingAlgorithm(ABC):
     Asking for a kind the trainer never sends stalls the server (it logs what it waits
     for), so algorithms ask only for what they use. :meth:`needs` and :meth:`update` must
     depend only on the algorithm's state and arguments: no clocks, no global RNGs.
+    :meth:`needs` must moreover depend only on the step and the constructor's parameters:
+    the server announces with each batch which measurements are due after it (the
+    batch's ``due``), before that step is closed.
+
+    Algorithms that steer the weights by a timetable (Aioli's probe phases) also
+    implement :meth:`plan`: the server asks it for every step it produces, after closing
+    step ``t - lag``, so a planned mixture applies exactly at its step and an exploit
+    mixture learnt from step ``c``'s feedback applies from ``c + lag`` on.
+
+    Feedback an algorithm cannot use (a domain missing from an eval, a step without
+    tokens) must leave the weights unchanged and say why: log it and count it in the
+    state (see :meth:`skip`).
 
     Subclasses implement ``__init__(domains, *, token_counts, **params)`` (validate params
     there, naming the parameter), :meth:`weights`, :meth:`state_dict` and
@@ -126,6 +166,8 @@ class MixingAlgorithm(ABC):
             raise ValueError(f"{self.name}: no domains to mix")
         self.domains = list(domains)
         self.token_counts = {d: int(token_counts.get(d, 0)) for d in self.domains}
+        self.skipped = 0  # feedback steps that left the weights unchanged (see skip)
+        self.last_skip: dict[str, Any] | None = None
 
     @abstractmethod
     def weights(self) -> dict[str, float]:
@@ -139,15 +181,32 @@ class MixingAlgorithm(ABC):
         """Take the feedback for one closed step; return new weights, or ``None`` to keep them."""
         return None
 
+    def plan(self, step: int) -> Planned | None:
+        """Weights fixed for ``step`` by the algorithm's timetable, or ``None`` to follow the schedule."""
+        return None
+
+    def skip(self, step: int, reason: str) -> None:
+        """Record that the feedback of ``step`` left the weights unchanged, and why (logged, kept in state)."""
+        logger.warning("%s: step %d: weights unchanged: %s", self.name, step, reason)
+        self.skipped += 1
+        self.last_skip = {"step": step, "reason": reason}
+
     def state_dict(self) -> dict[str, Any]:
         """A fresh JSON-serialisable dict of everything :meth:`update` depends on."""
-        return {"version": self.state_version}
+        out: dict[str, Any] = {"version": self.state_version}
+        if self.skipped:
+            out["skipped"] = self.skipped
+            out["last_skip"] = self.last_skip
+        return out
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned (read later-added keys with ``.get``)."""
         version = state.get("version", 1)
         if version > self.state_version:
             raise ValueError(f"{self.name}: state version {version} is newer than this code's {self.state_version}")
+        if state.get("skipped"):
+            self.skipped = int(state["skipped"])
+            self.last_skip = dict(state["last_skip"])
 
 
 def normalize_weights(weights: Mapping[str, float], domains: list[str], where: str) -> dict[str, float]:
@@ -168,3 +227,19 @@ def normalize_weights(weights: Mapping[str, float], domains: list[str], where: s
     if total <= 0:
         raise ValueError(f"{where}: weights must have a positive sum, got {dict(weights)}")
     return {d: w / total for d, w in out.items()}
+
+
+def check_int(mixer: str, name: str, v: Any, lo: int) -> int:
+    """``v`` if it is an integer >= ``lo``; else ValueError naming the mixer and parameter."""
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ValueError(f"{mixer}: `{name}` must be an integer >= {lo}, got {v!r}")
+    return v
+
+
+def check_float(mixer: str, name: str, v: Any, lo: float, below: float | None = None) -> float:
+    """``float(v)`` if it is a finite number in [lo, below); else ValueError naming the mixer and parameter."""
+    ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v >= lo
+    if not ok or (below is not None and v >= below):
+        span = f">= {lo}" if below is None else f"in [{lo}, {below})"
+        raise ValueError(f"{mixer}: `{name}` must be a finite number {span}, got {v!r}")
+    return float(v)

@@ -47,7 +47,10 @@ class MixtureStream(IterableDataset):
 
     Yields dicts: ``input_ids`` int64 [B_local, seq_len], ``labels`` (equal to
     ``input_ids``; see the module docstring), ``domain`` int64 [B_local] (ids into
-    :attr:`domains`) and ``step`` (the global step). B_local = global_batch / world_size.
+    :attr:`domains`), ``step`` (the global step) and ``due`` (the measurements the
+    server's algorithm needs once this step is trained: ``"report_eval"`` → call
+    :meth:`run_eval`, ``"report_alignment"`` → :meth:`report_alignment` with
+    :func:`mixers.trainer_utils.alignment_scores`). B_local = global_batch / world_size.
 
     A background thread keeps up to ``prefetch`` batches ready. If the server goes away
     (restart, network), the thread reconnects with exponential backoff for up to
@@ -106,6 +109,7 @@ class MixtureStream(IterableDataset):
         self._instance: str | None = None
         self._info: dict[str, Any] | None = None
         self._sent: deque[tuple[str, dict]] = deque(maxlen=512)
+        self._held_out: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
         self._lock = threading.RLock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -258,7 +262,9 @@ class MixtureStream(IterableDataset):
                     meta = json.loads(chunk.app_metadata.to_pybytes())
                     if meta["step"] != step:
                         raise RuntimeError(f"mixer sent step {meta['step']}, expected {step}")
-                    if not self._put(q, self._convert(chunk.data, step)):
+                    item = self._convert(chunk.data, step)
+                    item["due"] = meta.get("due", [])
+                    if not self._put(q, item):
                         return
                     step += 1
                     delay, failing_since = 0.05, None
@@ -321,6 +327,7 @@ class MixtureStream(IterableDataset):
         per_sequence_losses: Any,
         domains: Any,
         tokens_per_sequence: int | Sequence[int] | None = None,
+        reference_losses: Any = None,
     ) -> dict[str, Any]:
         """Send this rank's training loss for ``step``, summed per domain, in one call.
 
@@ -331,8 +338,20 @@ class MixtureStream(IterableDataset):
             domains: the batch's ``domain`` (ids) or a list of domain names.
             tokens_per_sequence: tokens each mean covers (default ``seq_len - 1``, the
                 predicted positions under this module's labels convention).
+            reference_losses: the same shape as ``per_sequence_losses``, from a reference
+                model on the same sequences (DoReMi's excess loss); sent as ``ref_loss_sum``.
         """
-        loss = torch.as_tensor(per_sequence_losses).detach().to("cpu", torch.float64)
+        names = self._domain_names(domains)
+        loss_sum, tokens = self._per_domain_sums(per_sequence_losses, names, tokens_per_sequence)
+        body = {"step": int(step), "rank": self.rank, "world": self.world_size, "loss_sum": loss_sum, "tokens": tokens}
+        if reference_losses is not None:
+            body["ref_loss_sum"] = self._per_domain_sums(reference_losses, names, tokens_per_sequence)[0]
+        return self._send("report", body)
+
+    def _per_domain_sums(
+        self, losses: Any, names: list[str], tokens_per_sequence: int | Sequence[int] | None
+    ) -> tuple[dict[str, float], dict[str, int]]:
+        loss = torch.as_tensor(losses).detach().to("cpu", torch.float64)
         if loss.ndim == 2:
             n_tok = np.full(loss.shape[0], loss.shape[1], np.int64)
             sums = loss.sum(dim=1).numpy()
@@ -342,8 +361,7 @@ class MixtureStream(IterableDataset):
             n_tok = np.broadcast_to(np.asarray(tps, np.int64), loss.shape).copy()
             sums = loss.numpy() * n_tok
         else:
-            raise ValueError(f"per_sequence_losses must be [B] or [B, T], got shape {tuple(loss.shape)}")
-        names = self._domain_names(domains)
+            raise ValueError(f"per-sequence losses must be [B] or [B, T], got shape {tuple(loss.shape)}")
         if len(names) != len(sums):
             raise ValueError(f"{len(sums)} losses but {len(names)} domains")
         loss_sum: dict[str, float] = {}
@@ -351,8 +369,7 @@ class MixtureStream(IterableDataset):
         for d, s, n in zip(names, sums.tolist(), n_tok.tolist()):
             loss_sum[d] = loss_sum.get(d, 0.0) + s
             tokens[d] = tokens.get(d, 0) + n
-        body = {"step": int(step), "rank": self.rank, "world": self.world_size, "loss_sum": loss_sum, "tokens": tokens}
-        return self._send("report", body)
+        return loss_sum, tokens
 
     def report_eval(self, step: int, losses: dict[str, float]) -> dict[str, Any]:
         """Send per-domain mean held-out loss at ``step`` (once per step, from one rank)."""
@@ -388,6 +405,43 @@ class MixtureStream(IterableDataset):
             out["labels"][pos[None, :] >= n_valid[:, None]] = -100
             out["n_valid"] = n_valid
             yield out
+
+    def held_out(self, domain: str, batch_size: int = 8, max_sequences: int = 64) -> list[dict[str, Any]]:
+        """:meth:`eval_batches` as a list, fetched once per (domain, sizes) and kept (the holdout does not change)."""
+        key = (domain, batch_size, max_sequences)
+        if key not in self._held_out:
+            self._held_out[key] = list(self.eval_batches(domain, batch_size, max_sequences))
+        return self._held_out[key]
+
+    def run_eval(
+        self,
+        step: int,
+        model: torch.nn.Module,
+        loss_fn: Any = None,
+        *,
+        batch_size: int = 8,
+        max_sequences: int = 32,
+        report: bool = True,
+    ) -> dict[str, float]:
+        """Per-domain mean held-out loss of ``model`` after ``step`` on the server's holdout batches; sent
+        with :meth:`report_eval` unless ``report=False``. Domains without held-out data are left out.
+
+        Args:
+            loss_fn: ``loss_fn(model, batch) -> [B]`` mean loss per sequence
+                (default :func:`mixers.trainer_utils.causal_lm_loss`).
+        """
+        from mixers.trainer_utils import causal_lm_loss, held_out_losses
+
+        batches = {}
+        for d in self.domains:
+            try:
+                batches[d] = self.held_out(d, batch_size, max_sequences)
+            except flight.FlightServerError as e:
+                logger.warning("no held-out batches for %r: %s", d, e)
+        losses = held_out_losses(model, batches, loss_fn or causal_lm_loss)
+        if report:
+            self.report_eval(step, losses)
+        return losses
 
     def status(self) -> dict[str, Any]:
         return self._action("status")

@@ -216,9 +216,26 @@ class MixerEngine:
         return self._stop.is_set()
 
     # ------------------------------------------------------------------ production
-    def _weights_vec(self, step: int) -> np.ndarray:
-        w = self.schedule.at(step)
-        return np.array([w[d] for d in self.domains], np.float64)
+    def _weights_vec(self, step: int) -> tuple[np.ndarray, bool]:
+        """The weights in force at ``step`` as a vector in domain order, and whether they are exact counts."""
+        e = self.schedule.entry(step)
+        return np.array([e["weights"][d] for d in self.domains], np.float64), bool(e.get("exact", False))
+
+    def _apply_plan(self, t: int) -> None:
+        """Record the algorithm's planned weights for step ``t`` if they differ from the schedule's. Holds ``_cv``."""
+        p = self.algorithm.plan(t)
+        if p is None:
+            return
+        w = self._checked(p.weights, f"{self.config.mixer}.plan({t})")
+        e = self.schedule.entry(t)
+        if w != e["weights"] or p.exact != bool(e.get("exact", False)):
+            self.schedule.add(t, w, p.reason, p.exact)
+            logger.info("step %d: weights %s (%s%s)", t, _fmt(w), p.reason, ", exact" if p.exact else "")
+
+    def due(self, step: int) -> list[str]:
+        """Measurements the trainer owes after training on ``step`` (``report_eval``, ``report_alignment``);
+        sent with the step's batch. ``report`` is not listed: a trainer sends it every step."""
+        return sorted(self.algorithm.needs(step) - {REPORT})
 
     def _produce_loop(self) -> None:
         try:
@@ -231,12 +248,13 @@ class MixerEngine:
                     t = self._next
                     if not self._close(t - self.config.feedback_lag):
                         return
+                    self._apply_plan(t)
                     snap = _Snapshot(self._cursors.copy(), len(self.schedule), self._algo_state, self._closed)
-                    weights = self._weights_vec(t)
+                    weights, exact = self._weights_vec(t)
                 with self._gen_lock:
                     batch = build_batch(
                         self.streams, self.config.seed, t, self.config.global_batch, self.config.seq_len,
-                        weights, snap.cursors,
+                        weights, snap.cursors, exact,
                     )  # fmt: skip
                 with self._cv:
                     self._snapshots[t] = snap
@@ -364,10 +382,11 @@ class MixerEngine:
                     self._batches.pop(step, None)
                     self._fetched.pop(step, None)
         if b is None:  # evicted: rebuild from the snapshot
+            weights, exact = self._weights_vec(step)
             with self._gen_lock:
                 b = build_batch(
                     self.streams, self.config.seed, step, self.config.global_batch, self.config.seq_len,
-                    self._weights_vec(step), snap.cursors,
+                    weights, snap.cursors, exact,
                 )  # fmt: skip
         return b
 
@@ -393,7 +412,7 @@ class MixerEngine:
     def feedback(self, kind: str, body: Any) -> dict[str, Any]:
         """Validate and record one feedback request; raise :class:`FeedbackError` if refused."""
         if kind == REPORT:
-            step, rank, world, loss, tokens = parse_report(body, self.domains)
+            step, rank, world, loss, tokens, ref = parse_report(body, self.domains)
         elif kind == REPORT_EVAL:
             step, values = parse_eval(body, self.domains)
         elif kind == REPORT_ALIGNMENT:
@@ -412,7 +431,7 @@ class MixerEngine:
                     self._world = world
                 if world != self._world:
                     raise FeedbackError(f"{kind}: world {world} differs from this server's world {self._world}")
-                fb.add_report(rank, loss, tokens)
+                fb.add_report(rank, loss, tokens, ref)
                 mean = {d: loss[d] / tokens[d] for d in loss if tokens[d] > 0}
                 self._last_loss.update(mean)
             else:

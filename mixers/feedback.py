@@ -48,9 +48,12 @@ def _keys(body: Any, allowed: set[str], kind: str) -> dict:
     return body
 
 
-def parse_report(body: Any, domains: list[str]) -> tuple[int, int, int, dict[str, float], dict[str, int]]:
-    """``{"step", "rank", "world", "loss_sum": {d: float}, "tokens": {d: int}}`` → its fields, checked."""
-    b = _keys(body, {"step", "rank", "world", "loss_sum", "tokens"}, REPORT)
+def parse_report(
+    body: Any, domains: list[str]
+) -> tuple[int, int, int, dict[str, float], dict[str, int], dict[str, float] | None]:
+    """``{"step", "rank", "world", "loss_sum": {d: float}, "tokens": {d: int}[, "ref_loss_sum": {d: float}]}``
+    → its fields, checked (``ref_loss_sum``, a reference model's losses for DoReMi, may be absent: None)."""
+    b = _keys(body, {"step", "rank", "world", "loss_sum", "tokens", "ref_loss_sum"}, REPORT)
     step, rank, world = _int(b, "step"), _int(b, "rank"), _int(b, "world", 1)
     if rank >= world:
         raise FeedbackError(f"{REPORT}: rank {rank} must be < world {world}")
@@ -60,7 +63,14 @@ def parse_report(body: Any, domains: list[str]) -> tuple[int, int, int, dict[str
         raise FeedbackError(
             f"{REPORT}: `loss_sum` and `tokens` must name the same domains, got {sorted(loss)} and {sorted(tokens)}"
         )
-    return step, rank, world, loss, tokens
+    ref = None
+    if b.get("ref_loss_sum") is not None:
+        ref = _per_domain(b, "ref_loss_sum", domains, nonneg=True)
+        if set(ref) != set(loss):
+            raise FeedbackError(
+                f"{REPORT}: `ref_loss_sum` must name the domains of `loss_sum`, got {sorted(ref)} and {sorted(loss)}"
+            )
+    return step, rank, world, loss, tokens, ref
 
 
 def parse_eval(body: Any, domains: list[str]) -> tuple[int, dict[str, float]]:
@@ -82,7 +92,8 @@ class StepFeedback:
     do not depend on the order ranks arrived in (``math.fsum`` is exactly rounded)."""
 
     step: int
-    reports: dict[int, tuple[dict[str, float], dict[str, int]]] = field(default_factory=dict)
+    #: rank -> (loss_sum, tokens, ref_loss_sum or None)
+    reports: dict[int, tuple[dict[str, float], dict[str, int], dict[str, float] | None]] = field(default_factory=dict)
     eval_loss: dict[str, float] | None = None
     alignment: dict[str, float] | None = None
 
@@ -90,10 +101,12 @@ class StepFeedback:
     def ranks(self) -> set[int]:
         return set(self.reports)
 
-    def add_report(self, rank: int, loss: dict[str, float], tokens: dict[str, int]) -> None:
+    def add_report(
+        self, rank: int, loss: dict[str, float], tokens: dict[str, int], ref: dict[str, float] | None = None
+    ) -> None:
         if rank in self.reports:
             raise FeedbackError(f"{REPORT}: rank {rank} already reported step {self.step}")
-        self.reports[rank] = (loss, tokens)
+        self.reports[rank] = (loss, tokens, ref)
 
     def set_once(self, kind: str, values: dict[str, float]) -> None:
         attr = "eval_loss" if kind == REPORT_EVAL else "alignment"
@@ -106,20 +119,25 @@ class StepFeedback:
             return world is not None and set(self.reports) >= set(range(world))
         return (self.eval_loss if kind == REPORT_EVAL else self.alignment) is not None
 
-    def sums(self) -> tuple[dict[str, float], dict[str, int]]:
-        """Per-domain loss sums and token counts over the ranks that reported."""
-        domains = sorted({d for loss, _ in self.reports.values() for d in loss})
+    def sums(self) -> tuple[dict[str, float], dict[str, int], dict[str, float] | None]:
+        """Per-domain loss sums, token counts and reference-loss sums over the ranks that reported
+        (reference sums only when every rank sent them)."""
+        domains = sorted({d for r in self.reports.values() for d in r[0]})
         loss = {d: math.fsum(r[0].get(d, 0.0) for r in self.reports.values()) for d in domains}
         tokens = {d: sum(r[1].get(d, 0) for r in self.reports.values()) for d in domains}
-        return loss, tokens
+        ref = None
+        if self.reports and all(r[2] is not None for r in self.reports.values()):
+            ref = {d: math.fsum(r[2].get(d, 0.0) for r in self.reports.values()) for d in domains}
+        return loss, tokens, ref
 
     def to_feedback(self, kinds: frozenset[str]) -> Feedback:
         """The :class:`Feedback` an algorithm sees: only ``kinds``, the rest None."""
-        loss, tokens = self.sums() if REPORT in kinds else (None, None)
+        loss, tokens, ref = self.sums() if REPORT in kinds else (None, None, None)
         return Feedback(
             step=self.step,
             loss_sum=loss,
             tokens=tokens,
+            ref_loss_sum=ref,
             eval_loss=dict(self.eval_loss) if REPORT_EVAL in kinds and self.eval_loss is not None else None,
             alignment=dict(self.alignment) if REPORT_ALIGNMENT in kinds and self.alignment is not None else None,
         )
@@ -127,7 +145,10 @@ class StepFeedback:
     def to_dict(self) -> dict[str, Any]:
         return {
             "step": self.step,
-            "reports": {str(r): {"loss_sum": v[0], "tokens": v[1]} for r, v in sorted(self.reports.items())},
+            "reports": {
+                str(r): {"loss_sum": v[0], "tokens": v[1], **({"ref_loss_sum": v[2]} if v[2] is not None else {})}
+                for r, v in sorted(self.reports.items())
+            },
             "eval_loss": self.eval_loss,
             "alignment": self.alignment,
         }
@@ -135,7 +156,11 @@ class StepFeedback:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StepFeedback:
         reports = {
-            int(r): ({k: float(x) for k, x in v["loss_sum"].items()}, {k: int(x) for k, x in v["tokens"].items()})
+            int(r): (
+                {k: float(x) for k, x in v["loss_sum"].items()},
+                {k: int(x) for k, x in v["tokens"].items()},
+                None if v.get("ref_loss_sum") is None else {k: float(x) for k, x in v["ref_loss_sum"].items()},
+            )
             for r, v in d.get("reports", {}).items()
         }
         return cls(step=int(d["step"]), reports=reports, eval_loss=d.get("eval_loss"), alignment=d.get("alignment"))

@@ -89,6 +89,33 @@ def draw_domains(seed: int, step: int, n_slots: int, weights: np.ndarray) -> np.
     return np.minimum(ids, np.flatnonzero(w > 0)[-1]).astype(np.int16)
 
 
+def exact_counts(weights: np.ndarray, n_slots: int) -> np.ndarray:
+    """Sequences per domain when a mixture is served exactly: ``max(1, int(w·B))`` for each domain
+    with ``w > 0`` (Aioli's probe batches), then rounded to fill ``B``: missing slots go to the
+    largest fractional parts, surplus ones come off the largest counts (ties: lowest index)."""
+    w = np.asarray(weights, np.float64)
+    w = w / w.sum()
+    live = w > 0
+    if live.sum() > n_slots:
+        raise ValueError(f"exact counts: {int(live.sum())} domains with weight > 0 do not fit {n_slots} sequences")
+    ideal = w * n_slots
+    counts = np.where(live, np.maximum(1, np.floor(ideal)), 0).astype(np.int64)
+    deficit = n_slots - int(counts.sum())
+    if deficit > 0:  # fewer than the live domains: one pass over the largest fractional parts
+        frac = np.where(live, ideal - np.floor(ideal), -1.0)
+        counts[np.argsort(-frac, kind="stable")[:deficit]] += 1
+    for _ in range(-deficit):  # the max(1, ·) floor overfilled the batch
+        counts[int(np.argmax(counts))] -= 1
+    return counts
+
+
+def place_exact(seed: int, step: int, counts: np.ndarray) -> np.ndarray:
+    """Domain ids (int16) of a step's slots holding exactly ``counts[k]`` sequences of domain ``k``,
+    in an order hashed from (seed, step)."""
+    ids = np.repeat(np.arange(len(counts), dtype=np.int16), counts)
+    return ids[permutation(key64(SALT_DRAW, seed, step, 1), len(ids))]
+
+
 @dataclass
 class _Window:
     """A loaded window: decoded row groups (``chunks``) and, per document in serving order, which
@@ -250,10 +277,15 @@ def build_batch(
     seq_len: int,
     weights: np.ndarray,
     cursors: np.ndarray,
+    exact: bool = False,
 ) -> GlobalBatch:
-    """Global step ``step``: draw each slot's domain, then fill the slots of each domain, in slot
-    order, with that domain's next packed sequences starting at its cursor."""
-    ids = draw_domains(seed, step, global_batch, weights)
+    """Global step ``step``: draw each slot's domain (or, ``exact``, place exact per-domain counts),
+    then fill the slots of each domain, in slot order, with that domain's next packed sequences
+    starting at its cursor."""
+    if exact:
+        ids = place_exact(seed, step, exact_counts(weights, global_batch))
+    else:
+        ids = draw_domains(seed, step, global_batch, weights)
     out = np.empty((global_batch, seq_len), np.int32)
     nxt = np.array(cursors, np.int64, copy=True)
     for k, stream in enumerate(streams):

@@ -7,8 +7,10 @@ Protocol (every ticket and action body is JSON):
     steps s, s+1, … (n of them, default unbounded): one record batch per step with rank
     r's ``global_batch / W`` sequences — ``input_ids`` fixed_size_list<int32>[seq_len],
     ``domain`` int16 (an index into the sorted domain list, which the schema metadata
-    ``sluice.domains`` holds as JSON) — and app metadata ``{"step": t}``. Rank r gets rows
-    ``[r·B/W, (r+1)·B/W)`` of the global batch, so ranks are disjoint and together form it.
+    ``sluice.domains`` holds as JSON) — and app metadata ``{"step": t, "due": [...]?}``,
+    ``due`` naming the measurements the algorithm needs after step t is trained
+    (``report_eval``, ``report_alignment``). Rank r gets rows ``[r·B/W, (r+1)·B/W)`` of
+    the global batch, so ranks are disjoint and together form it.
 
     ``{"kind": "eval", "domain": d, "max_sequences": n?, "batch_size": b?}`` streams the
     domain's held-out documents (``split = holdout``) in shard order, packed, in batches
@@ -16,7 +18,7 @@ Protocol (every ticket and action body is JSON):
     last row is padded with 0).
 
 ``do_action`` types
-    ``report`` {step, rank, world, loss_sum: {d: float}, tokens: {d: int}};
+    ``report`` {step, rank, world, loss_sum: {d: float}, tokens: {d: int}, ref_loss_sum?: {d: float}};
     ``report_eval`` {step, loss: {d: float}}; ``report_alignment`` {step, alignment: {d: float}};
     ``checkpoint`` {step?} → the state JSON; ``status`` → step, weights, tokens/s per
     domain, connected ranks, what the producer waits for; ``info`` → domains, seq_len, ….
@@ -239,7 +241,8 @@ class MixerServer(flight.FlightServerBase):
                     schema=self.train_schema,
                 )
                 eng.served(rank, t, ids)
-                yield rb, json.dumps({"step": t}).encode()
+                due = eng.due(t)
+                yield rb, json.dumps({"step": t, "due": due} if due else {"step": t}).encode()
                 t += 1
         finally:
             eng.stream_closed(rank)

@@ -13,11 +13,13 @@ STATE_VERSION = 1
 
 
 class Schedule:
-    """The weights in force by step: entries ``{"step", "weights", "reason"}``, steps non-decreasing.
+    """The weights in force by step: entries ``{"step", "weights", "reason"[, "exact"]}``, steps non-decreasing.
 
     An entry applies from its step until the next entry's step. The first entry is at the
     step the run started (0) with reason ``init:<mixer>``; each change an algorithm makes
-    adds one entry with reason ``<mixer>@<closed step>``.
+    adds one entry with reason ``<mixer>@<closed step>`` (or the reason of a planned
+    mixture, e.g. ``aioli:probe``). ``exact: true`` marks weights served as exact
+    per-batch counts rather than per-sequence draws.
     """
 
     def __init__(self, entries: list[Mapping[str, Any]]) -> None:
@@ -26,20 +28,31 @@ class Schedule:
         self.entries: list[dict[str, Any]] = []
         self._steps: list[int] = []
         for e in entries:
-            self.add(int(e["step"]), dict(e["weights"]), str(e.get("reason", "")))
+            self.add(int(e["step"]), dict(e["weights"]), str(e.get("reason", "")), bool(e.get("exact", False)))
 
-    def add(self, step: int, weights: dict[str, float], reason: str) -> None:
+    def add(self, step: int, weights: dict[str, float], reason: str, exact: bool = False) -> None:
         if self._steps and step < self._steps[-1]:
             raise ValueError(f"schedule entries must not go back in time: step {step} after {self._steps[-1]}")
-        self.entries.append({"step": step, "weights": {d: float(w) for d, w in weights.items()}, "reason": reason})
+        entry = {"step": step, "weights": {d: float(w) for d, w in weights.items()}, "reason": reason}
+        if exact:
+            entry["exact"] = True
+        self.entries.append(entry)
         self._steps.append(step)
 
-    def at(self, step: int) -> dict[str, float]:
-        """The weights in force at ``step``."""
+    def entry(self, step: int) -> dict[str, Any]:
+        """The entry in force at ``step``."""
         i = bisect.bisect_right(self._steps, step) - 1
         if i < 0:
             raise ValueError(f"no schedule entry at or before step {step}")
-        return self.entries[i]["weights"]
+        return self.entries[i]
+
+    def at(self, step: int) -> dict[str, float]:
+        """The weights in force at ``step``."""
+        return self.entry(step)["weights"]
+
+    def exact_at(self, step: int) -> bool:
+        """Whether the weights in force at ``step`` are served as exact per-batch counts."""
+        return bool(self.entry(step).get("exact", False))
 
     def upto(self, step: int) -> list[dict[str, Any]]:
         """Entries at or before ``step`` (copies)."""
