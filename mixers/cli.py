@@ -48,7 +48,9 @@ def _params(param: list[str] | None, weights: str | None, temperature: float | N
 
 def serve(
     out: str = typer.Argument(..., help="Run directory whose shards were tokenized (and split) by `sluice curate`."),
-    mixer: str = typer.Option(DEFAULTS["mixer"], "--mixer", "-m", help="static, stratified, temperature, aioli, dga, odm, doremi"),
+    mixer: str = typer.Option(
+        DEFAULTS["mixer"], "--mixer", "-m", help="static, stratified, temperature, aioli, dga, odm, doremi."
+    ),
     seq_len: int = typer.Option(DEFAULTS["seq_len"], "--seq-len", help="Tokens per packed sequence."),
     global_batch: int = typer.Option(DEFAULTS["global_batch"], "--global-batch", help="Sequences per global step."),
     seed: int = typer.Option(DEFAULTS["seed"], "--seed", help="Seed of every draw and shuffle."),
