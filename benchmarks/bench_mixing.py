@@ -17,7 +17,7 @@ loss, per method: mean ± standard deviation over seeds, plus per-seed differenc
 stratified (paired by seed).
 
 Run:
-    .venv/bin/python -m benchmarks.bench_mixing                      # 3 seeds × 4 methods, ~20-40 min on 2 cores
+    .venv/bin/python -m benchmarks.bench_mixing                      # 3 seeds × 4 methods, ~12 min on 2 cores
     .venv/bin/python -m benchmarks.bench_mixing --steps 60 --seeds 1 # a smoke run
 Writes benchmarks/results/bench_mixing-<UTC time>.json, benchmarks/results/mixing.png and a markdown table.
 """
@@ -34,6 +34,8 @@ import sys
 import sysconfig
 import time
 from pathlib import Path
+
+from mixers.train import save_figure
 
 RESULTS = Path(__file__).parent / "results"
 SITE = Path(sysconfig.get_paths()["purelib"])
@@ -176,12 +178,7 @@ def plot(runs: dict[str, dict[int, dict]], target: str, path: Path) -> None:
             ax_t.plot([x["step"] for x in h], [x["eval_loss"][target] for x in h], color=color, alpha=0.7, **kw)
     ax_m.set(title="mean held-out loss over domains", xlabel="step", ylabel="nats/token")
     ax_t.set(title=f"held-out loss on the target ({target})", xlabel="step")
-    for ax in (ax_m, ax_t):
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, (ax_m, ax_t), path)
 
 
 def _without_history(r: dict) -> dict:

@@ -83,6 +83,18 @@ class Feedback:
             return {}
         return {d: self.loss_sum[d] / n for d, n in self.tokens.items() if n > 0 and d in self.loss_sum}
 
+    def only(self, kinds: frozenset[str]) -> Feedback:
+        """This feedback with only ``kinds`` filled in (what an algorithm that asked for them sees)."""
+        report = REPORT in kinds
+        return Feedback(
+            step=self.step,
+            loss_sum=self.loss_sum if report else None,
+            tokens=self.tokens if report else None,
+            ref_loss_sum=self.ref_loss_sum if report else None,
+            eval_loss=self.eval_loss if REPORT_EVAL in kinds else None,
+            alignment=self.alignment if REPORT_ALIGNMENT in kinds else None,
+        )
+
     def reference_loss(self) -> dict[str, float]:
         """Per-domain mean reference-model loss per token over the same tokens (empty if none was sent)."""
         if self.ref_loss_sum is None or self.tokens is None:

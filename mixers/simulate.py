@@ -134,15 +134,7 @@ def run(algorithm: MixingAlgorithm, trainer: SimulatedTrainer, steps: int, lag: 
     for t in range(steps):
         c = t - lag
         if c >= 0 and (needs := algorithm.needs(c)):
-            seen = trainer.measured[c]
-            fb = Feedback(
-                step=c,
-                loss_sum=seen.loss_sum if REPORT in needs else None,
-                tokens=seen.tokens if REPORT in needs else None,
-                ref_loss_sum=seen.ref_loss_sum if REPORT in needs else None,
-                eval_loss=seen.eval_loss if REPORT_EVAL in needs else None,
-                alignment=seen.alignment if REPORT_ALIGNMENT in needs else None,
-            )
+            fb = trainer.measured[c].only(needs)
             new = algorithm.update(fb)
             if new is not None:
                 schedule.add(t, new, f"{algorithm.name}@{c}")

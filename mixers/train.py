@@ -332,7 +332,14 @@ def plot(result: dict[str, Any], path: Path) -> Path:
         ax_l.plot([h["step"] for h in hist], [h["eval_loss"][d] for h in hist], marker="o", label=d)
     ax_w.set(title=f"mixture weights ({result['mixer']['name']})", xlabel="step", ylabel="weight", ylim=(0, 1))
     ax_l.set(title="held-out loss per domain", xlabel="step", ylabel="loss (nats/token)")
-    for ax in (ax_w, ax_l):
+    return save_figure(fig, (ax_w, ax_l), path)
+
+
+def save_figure(fig: Any, axes: tuple[Any, ...], path: Path) -> Path:
+    """Legends and light grids on ``axes``, then ``fig`` as a PNG at ``path`` (closed afterwards)."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()

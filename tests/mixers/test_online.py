@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mixers.aioli import normalize_interactions, probe_matrix, solve_interactions
-from mixers.base import REPORT, REPORT_ALIGNMENT, REPORT_EVAL, Feedback, build
+from mixers.base import REPORT, REPORT_EVAL, Feedback, build
 from mixers.sampler import exact_counts, place_exact
 from mixers.simulate import MixingLaw, SimulatedTrainer, run
 
@@ -244,19 +244,8 @@ def test_state_round_trip_mid_round_continues_identically(name, params, law):
     b = build(name, D, COUNTS, **params)
     for step in range(80):
         for algo in (a, b) if step >= 37 else (a,):
-            if algo.needs(step):
-                kinds = algo.needs(step)
-                m = trainer.measured[step]
-                algo.update(
-                    Feedback(
-                        step=step,
-                        loss_sum=m.loss_sum if REPORT in kinds else None,
-                        tokens=m.tokens if REPORT in kinds else None,
-                        ref_loss_sum=m.ref_loss_sum if REPORT in kinds else None,
-                        eval_loss=m.eval_loss if REPORT_EVAL in kinds else None,
-                        alignment=m.alignment if REPORT_ALIGNMENT in kinds else None,
-                    )
-                )
+            if kinds := algo.needs(step):
+                algo.update(trainer.measured[step].only(kinds))
         if step == 36:
             b.load_state_dict(json.loads(json.dumps(a.state_dict())))
         if step >= 37:
