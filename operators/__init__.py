@@ -14,6 +14,7 @@ FAMILIES = (
     "perplexity",
     "classifier",
     "betr",
+    "rephrase",
 )
 
 

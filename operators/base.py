@@ -37,7 +37,9 @@ class Operator(ABC):
     already removed (``reason`` not null) and rows outside ``domains`` pass through
     untouched. A filter removes a row by setting ``reason`` (a stable snake_case code)
     and ``stage``; it never drops it. Score columns named in ``adds`` are always present
-    in the output (null where a row was not scored) so every batch has one schema.
+    in the output (null where a row was not scored) so every batch has one schema. An
+    operator with ``adds_rows`` (rephrase) may append new rows after the batch's rows; the
+    runner counts them as synthetic rows for the conservation check.
 
     Args:
         stage: the stage name recorded on removed rows (the op name, or the recipe's ``name``).
@@ -49,6 +51,8 @@ class Operator(ABC):
     adds: ClassVar[tuple[str, ...]] = ()
     #: True for model operators that want an accelerator when one exists
     uses_accelerator: ClassVar[bool] = False
+    #: True for operators that append new rows (e.g. synthetic documents) after the batch's rows
+    adds_rows: ClassVar[bool] = False
 
     def __init__(self, *, stage: str, domains: list[str] | None = None) -> None:
         self.stage = stage
@@ -68,12 +72,26 @@ class Operator(ABC):
             if name not in out.column_names:
                 field = score_field(name)
                 out = out.append_column(field, pa.nulls(out.num_rows, field.type))
-        if out.num_rows != batch.num_rows:
+        if out.num_rows != batch.num_rows and not self._appended(batch, out):
             raise RuntimeError(
                 f"stage {self.stage!r} returned {out.num_rows} rows for {batch.num_rows}: "
                 "operators must mark rows, never drop them"
             )
         return out
+
+    def _appended(self, batch: pa.Table, out: pa.Table) -> bool:
+        """An ``adds_rows`` operator may return the batch's rows, in order, followed by new rows."""
+        n = batch.num_rows
+        return self.adds_rows and out.num_rows > n and out.column("id").slice(0, n).equals(batch.column("id"))
+
+    @classmethod
+    def wants_accelerator(cls, params: dict[str, Any]) -> bool:
+        """Whether this stage, with these parameters, should get a GPU when the cluster has one."""
+        return cls.uses_accelerator
+
+    def drain_metrics(self) -> dict:
+        """Counters since the last call for the manifest's stage report (the runner sums them); none by default."""
+        return {}
 
     @abstractmethod
     def apply(self, batch: pa.Table, active: np.ndarray) -> pa.Table:

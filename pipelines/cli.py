@@ -60,11 +60,18 @@ def curate(
     print_funnel(manifest)
     c = manifest["conservation"]
     console.print(
-        f"\nKept {c['kept']:,} of {c['read']:,} documents in {len(manifest['shards'])} shard(s) under "
+        f"\nKept {c['kept']:,} of {c['read']:,} documents{_plus_synthetic(c)} in {len(manifest['shards'])} shard(s) "
+        "under "
         f"[bold]{out_dir}/shards[/bold]; {c['removed']:,} removed rows, each with its reason, under {out_dir}/removed."
     )
     print("Try:")
     print(f'  sluice inspect {out_dir} "SELECT stage, reason, count(*) AS n FROM removed GROUP BY ALL ORDER BY n DESC"')
+    print(f"  sluice report {out_dir}        # one HTML page: funnel, domains, scores, dedup, removed samples")
+
+
+def _plus_synthetic(c: dict) -> str:
+    n = c.get("synthetic", 0)
+    return f" (+{n:,} synthetic rows added)" if n else ""
 
 
 def print_funnel(manifest: dict) -> None:
@@ -170,6 +177,22 @@ def _prompt() -> str | None:
         text = "\n".join(lines).strip()
         if text.endswith(";") or (not line.strip() and text):
             return text.rstrip(";")
+
+
+@app.command()
+def report(
+    out: str = typer.Argument(..., help="A run directory written by `sluice curate` (or `sluice select`)."),
+    dest: str | None = typer.Option(None, "-o", "--output", help="HTML file to write; default: OUT/report.html."),
+) -> None:
+    """Write one self-contained HTML report of a run: funnel, domains, scores, dedup, removed samples."""
+    from pipelines.report import write_report
+
+    try:
+        path = write_report(out, dest)
+    except OSError as e:  # a missing manifest is a FileNotFoundError
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    print(f"Report: {path}")
 
 
 @app.command("demo-data")

@@ -34,3 +34,38 @@ def cpus() -> int:
     import ray
 
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def describe_cluster() -> dict:
+    """What the manifest records about the cluster: alive nodes, CPUs, GPUs, and whether it was joined."""
+    import ray
+
+    res = ray.cluster_resources()
+    return {
+        "nodes": sum(1 for n in ray.nodes() if n.get("Alive")),
+        "cpus": int(res.get("CPU", 0)),
+        "gpus": int(res.get("GPU", 0)),
+        "joined": os.environ.get("RAY_ADDRESS", "") not in ("", "local"),
+    }
+
+
+def lost_workers() -> set[str] | None:
+    """Ids of Ray workers that have died of a system error (crash, kill, OOM) so far, or None if unknown.
+
+    Ray re-runs the tasks of a lost worker by itself (Ray Data tasks retry without limit), so a
+    run survives it; the runner records how many workers each segment lost. The GCS worker table
+    is read through Ray's private state API: if that fails, the answer is None, never an error.
+    """
+    try:
+        from ray._private import state
+        from ray.core.generated import common_pb2, gcs_pb2
+
+        lost = set()
+        for raw in state.state._connect_and_get_accessor().get_worker_table():
+            w = gcs_pb2.WorkerTableData.FromString(raw)
+            if not w.is_alive and w.worker_type == common_pb2.WORKER and w.exit_type == common_pb2.SYSTEM_ERROR:
+                lost.add(w.worker_address.worker_id.hex())
+        return lost
+    except Exception as e:  # a private API: degrade to "unknown"
+        logger.debug("cannot read the Ray worker table: %s", e)
+        return None

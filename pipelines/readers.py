@@ -207,7 +207,9 @@ def read_file(task: FileTask, stats=None) -> Iterator[pa.Table]:
     if stats is not None:
         import ray
 
-        ray.get(stats.add_read.remote(task.uri, n))
+        from pipelines.stats import node_id
+
+        ray.get(stats.add_read.remote(task.uri, n, node_id()))
 
 
 class InputDatasource(Datasource):

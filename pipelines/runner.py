@@ -11,6 +11,7 @@ whose ``_SUCCESS`` matches the recipe's fingerprint up to that stage.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -27,6 +28,7 @@ import pyarrow.parquet as pq
 from operators import load_all
 from operators.base import REGISTRY, GlobalStage
 from pipelines.recipe import Recipe, stage_params
+from pipelines.stats import sum_nested
 from storage.fs import expand_input, resolve
 from storage.manifest import VERSION, conservation, package_versions, write_manifest
 from storage.schema import ERROR, INTERNAL_COLUMNS, READ_SCHEMA, REASON, STAGE, with_column
@@ -86,9 +88,13 @@ def run_chain(batch: pa.Table, *, key: str, specs: list, stats=None) -> pa.Table
     ``operator_error``, the message in ``error``) unless its stage says ``on_error: fail``.
     """
     times: dict[str, float] = {}
+    added: dict[str, int] = {}  # rows appended by adds_rows operators (synthetic rows)
+    metrics: dict[str, dict] = {}
     n = batch.num_rows
+    first_id = f"{batch.column('id')[0].as_py()}:{n}" if n else ""  # names the batch across task retries
     for name, on_error, op in _chain(key, specs):
         t0 = time.perf_counter()
+        before = batch.num_rows
         try:
             batch = op(batch)
         except Exception as e:
@@ -96,10 +102,20 @@ def run_chain(batch: pa.Table, *, key: str, specs: list, stats=None) -> pa.Table
                 raise
             batch = _quarantine(batch, op, name, e)
         times[name] = time.perf_counter() - t0
+        if batch.num_rows != before:
+            added[name] = batch.num_rows - before
+        if m := op.drain_metrics():
+            metrics[name] = m
+    if stats is not None and (added or metrics):
+        import ray
+
+        ray.get(stats.add_generated.remote(added, metrics, first_id))
     if stats is not None and times:
         import ray
 
-        ray.get(stats.add_stage.remote(times, n))
+        from pipelines.stats import node_id
+
+        ray.get(stats.add_stage.remote(times, n, node_id()))
     return batch
 
 
@@ -126,8 +142,13 @@ def _apply_stages(ds, recipe: Recipe, seg: Segment, extra: dict[str, Any], stats
             groups[-1][1].append(spec)
         else:
             groups.append((heavy, [spec]))
+    # CPU actor pools share the CPUs with the read and fused tasks: each asks for at most its share of
+    # all but one CPU, so two model stages on a 2-CPU machine cannot starve the reads (a deadlock)
+    pools = sum(heavy for heavy, _ in groups)
+    cpu_share = min(1.0, max(0.1, (_cluster_cpus() - 1) / max(1, pools)))
     for heavy, specs in groups:
         key = hashlib.sha256(repr(specs).encode()).hexdigest()  # ObjectRefs repr with their ids
+        on_gpu = bool(gpus) and REGISTRY[specs[0][0]].wants_accelerator(specs[0][3])
         if not heavy:
             ds = ds.map_batches(
                 run_chain, batch_format="pyarrow", fn_kwargs={"key": key, "specs": specs, "stats": stats}
@@ -137,11 +158,18 @@ def _apply_stages(ds, recipe: Recipe, seg: Segment, extra: dict[str, Any], stats
                 ModelChain,
                 batch_format="pyarrow",
                 fn_constructor_kwargs={"specs": specs, "stats": stats},
-                concurrency=max(1, gpus) if gpus else 1,
-                num_gpus=1 if gpus else 0,
+                concurrency=gpus if on_gpu else 1,
+                num_gpus=1 if on_gpu else 0,
+                num_cpus=1 if on_gpu else cpu_share,
                 batch_size=256,
             )
     return ds
+
+
+def _cluster_cpus() -> int:
+    from pipelines.cluster import cpus
+
+    return cpus()
 
 
 class ModelChain:
@@ -210,14 +238,46 @@ def _num_partitions(rows: int) -> int:
 def check_output_writable(out_dir: str) -> None:
     """Fail before any work if the output directory cannot be created or written."""
     fs, root = resolve(out_dir)
+    probe = f"{root}/.sluice-write-test"
     try:
         fs.create_dir(root, recursive=True)
-        probe = f"{root}/.sluice-write-test"
         with fs.open_output_stream(probe) as f:
             f.write(b"ok")
         fs.delete_file(probe)
     except OSError as e:
+        with contextlib.suppress(OSError):  # a full disk may have created the probe before refusing its bytes
+            fs.delete_file(probe)
         raise OSError(f"output directory {out_dir!r} is not writable: {e}") from None
+
+
+def warn_if_short_of_space(out_dir: str, recipe: Recipe) -> int | None:
+    """Warn before any work when a local output filesystem has less free space than the inputs take.
+
+    A run writes about what it reads (zstd Parquet shards and removed rows, plus the checkpoint
+    of each segment), so this is a hint, not a guarantee; a disk that fills up anyway fails the
+    run with the filesystem's error, and re-running resumes from the last checkpoint. Returns the
+    free bytes (None for object storage, where free space is not a notion).
+    """
+    import shutil
+
+    if "://" in out_dir and not out_dir.startswith("file://"):
+        return None
+    _, root = resolve(out_dir)
+    free = shutil.disk_usage(root).free
+    need = 0
+    for inp in recipe.inputs:
+        fs, _ = resolve(inp.path)
+        files = expand_input(inp.path)
+        need += sum(i.size or 0 for i in fs.get_file_info(files)) if files else 0
+    if free < need:
+        logger.warning(
+            "output %s has %.1f MB free but the inputs take %.1f MB; a run writes about as much as it reads "
+            "(plus checkpoints) and may run out of space",
+            out_dir,
+            free / 2**20,
+            need / 2**20,
+        )
+    return free
 
 
 # ---------------------------------------------------------------- the run
@@ -226,10 +286,11 @@ def run(recipe: Recipe, out_dir: str | None = None, *, fresh: bool = False, reci
     import ray
     import ray.data
 
-    from pipelines.cluster import accelerators, init_ray
+    from pipelines.cluster import accelerators, describe_cluster, init_ray
 
     out_dir = (out_dir or recipe.output.dir).rstrip("/")
     check_output_writable(out_dir)
+    warn_if_short_of_space(out_dir, recipe)
     fs, root = resolve(out_dir)
     if fresh:
         fs.delete_dir_contents(root, missing_dir_ok=True)
@@ -253,19 +314,29 @@ def run(recipe: Recipe, out_dir: str | None = None, *, fresh: bool = False, reci
         # a checkpoint is reused only in the same role: a last segment wrote the final outputs, not live/removed
         if done and done.get("fingerprint") == fingerprint and done.get("final") == last:
             logger.info("[%d/%d] %s: checkpoint complete, skipped", seg.index + 1, len(segments), seg.name)
-            records.append(done)
+            records.append({**done, "reused": True})
             prev = ckdir
             continue
         fs.delete_dir_contents(ckdir, missing_dir_ok=True)
         names = [s.stage_name for s in recipe.stages[seg.start : seg.end]] or ["read"]
         logger.info("[%d/%d] running %s", seg.index + 1, len(segments), " → ".join(names))
-        records.append(_run_segment(recipe, seg, prev, ckdir, out_dir, last, records, gpus))
+        try:
+            records.append(_run_segment(recipe, seg, prev, ckdir, out_dir, last, records, gpus))
+        except OSError as e:  # a full disk, lost permissions, object storage errors: say where, and how to go on
+            cause = getattr(e, "cause", None)  # a RayTaskError carries the task's own exception
+            cause = cause if isinstance(cause, BaseException) else e
+            raise OSError(
+                f"{' → '.join(names)} failed writing to {out_dir!r}: {type(cause).__name__}: {cause}. "
+                "Finished segments are checkpointed: run the same command again to resume."
+            ) from e
         prev = ckdir
         # later segments depend on this one: drop their stale checkpoints
         for later in segments[seg.index + 1 :]:
             fs.delete_dir_contents(f"{root}/{STAGES_DIR}/{later.index:02d}-{later.name}", missing_dir_ok=True)
 
-    manifest = build_manifest(recipe, out_dir, records, started, time.perf_counter() - t_run, recipe_text)
+    manifest = build_manifest(
+        recipe, out_dir, records, started, time.perf_counter() - t_run, recipe_text, describe_cluster()
+    )
     write_manifest(out_dir, manifest)
     if not manifest["conservation"]["ok"]:
         raise ConservationError(manifest["conservation"]["message"])
@@ -276,11 +347,13 @@ def _run_segment(recipe, seg, prev, ckdir, out_dir, last, records, gpus) -> dict
     import ray
     import ray.data
 
+    from pipelines.cluster import lost_workers
     from pipelines.readers import InputDatasource
     from pipelines.stats import RunStats
 
     fs, root = resolve(out_dir)
     t0 = time.perf_counter()
+    lost_before = lost_workers()
     stats = RunStats.remote()
     if prev is None:
         source = InputDatasource(recipe.inputs, stats)
@@ -319,6 +392,10 @@ def _run_segment(recipe, seg, prev, ckdir, out_dir, last, records, gpus) -> dict
     seconds = dict(snap["seconds"])
     if seg.end > seg.start and prepare_s:
         seconds[recipe.stages[seg.start].stage_name] = seconds.get(recipe.stages[seg.start].stage_name, 0) + prepare_s
+    lost_after = lost_workers()
+    lost = None if lost_before is None or lost_after is None else len(lost_after - lost_before)
+    if lost:
+        logger.warning("segment %s: %d Ray worker(s) died; Ray re-ran their tasks", seg.name, lost)
     live = [f for f in sink.files if not f.partition.startswith("removed")]
     rec = {
         "fingerprint": recipe.fingerprint(seg.end),
@@ -332,7 +409,11 @@ def _run_segment(recipe, seg, prev, ckdir, out_dir, last, records, gpus) -> dict
         "live_rows": sum(f.rows for f in live),
         "seconds": seconds,
         "wall_seconds": round(time.perf_counter() - t0, 3),
+        "nodes": len(snap["nodes"]),
+        "workers_lost": lost,
         "reports": reports,
+        "added": snap["added"],
+        "metrics": snap["metrics"],
         "files": [f.__dict__ for f in sink.files],
     }
     _save_json(fs, f"{ckdir}/{SUCCESS}", rec)
@@ -352,9 +433,22 @@ def _copy_removed(ckdir: str, out_dir: str) -> None:
 
 # ---------------------------------------------------------------- manifest
 def build_manifest(
-    recipe: Recipe, out_dir: str, records: list[dict], started, seconds: float, recipe_text: str
+    recipe: Recipe,
+    out_dir: str,
+    records: list[dict],
+    started,
+    seconds: float,
+    recipe_text: str,
+    cluster: dict | None = None,
 ) -> dict:
-    """Assemble manifest.json from segment records and the written files (counts read from Parquet footers)."""
+    """Assemble manifest.json from segment records and the written files (counts read from Parquet footers).
+
+    ``cluster`` (nodes, CPUs, GPUs of the Ray cluster) is recorded as given; every segment
+    records how many nodes ran its read and stage tasks (``nodes``), how many Ray workers died
+    while it ran (``workers_lost``: their tasks were re-run; None where Ray could not tell, or for
+    a checkpoint written before this was recorded) and whether this run reused its checkpoint
+    instead of running it (``reused``, after a resume).
+    """
     from storage.views import connect
 
     fs, root = resolve(out_dir)
@@ -378,10 +472,16 @@ def build_manifest(
         by_stage.setdefault(stage, {})[reason] = n
     seconds_by: dict[str, float] = {}
     reports: dict[str, Any] = {}
+    added_by: dict[str, int] = {}  # synthetic rows appended per stage
+    metrics_by: dict[str, dict] = {}  # e.g. tokens generated and seconds per backend
     for rec in records:
         for k, v in rec["seconds"].items():
             seconds_by[k] = seconds_by.get(k, 0.0) + v
         reports.update(rec["reports"])
+        for k, v in rec.get("added", {}).items():
+            added_by[k] = added_by.get(k, 0) + v
+        for k, v in rec.get("metrics", {}).items():
+            metrics_by[k] = sum_nested(metrics_by.get(k, {}), v)
     stages = []
     rows = read - sum(by_stage.get("input", {}).values())
     stages.append(
@@ -396,18 +496,22 @@ def build_manifest(
     )
     for st in recipe.stages:
         gone = by_stage.get(st.stage_name, {})
-        out = rows - sum(gone.values())
-        stages.append(
-            {
-                "stage": st.stage_name,
-                "op": st.op,
-                "rows_in": rows,
-                "rows_out": out,
-                "removed": gone,
-                "seconds": round(seconds_by.get(st.stage_name, 0.0), 3),
-                "report": reports.get(st.stage_name),
-            }
-        )
+        plus = added_by.get(st.stage_name, 0)
+        out = rows + plus - sum(gone.values())
+        entry = {
+            "stage": st.stage_name,
+            "op": st.op,
+            "rows_in": rows,
+            "rows_out": out,
+            "removed": gone,
+            "seconds": round(seconds_by.get(st.stage_name, 0.0), 3),
+            "report": reports.get(st.stage_name),
+        }
+        if plus:  # rows_out = rows_in + added - removed
+            entry["added"] = plus
+        if st.stage_name in metrics_by:
+            entry["report"] = {**(entry["report"] or {}), "generation": metrics_by[st.stage_name]}
+        stages.append(entry)
         rows = out
     return {
         "version": VERSION,
@@ -418,12 +522,21 @@ def build_manifest(
         "started": started.isoformat(),
         "finished": datetime.now(timezone.utc).isoformat(),
         "seconds": round(seconds, 3),
-        "segments": [{k: r[k] for k in ("segment", "name", "stages", "wall_seconds")} for r in records],
+        "cluster": cluster,
+        "segments": [
+            {
+                **{k: r[k] for k in ("segment", "name", "stages", "wall_seconds")},
+                "nodes": r.get("nodes"),
+                "workers_lost": r.get("workers_lost"),
+                "reused": r.get("reused", False),
+            }
+            for r in records
+        ],
         "stages": stages,
         "domains": [{"domain": d, "docs": n, "chars": c, "tokens": t} for d, n, c, t in domains],
         "shards": shards,
         "removed_files": removed_files,
-        "conservation": conservation(read, kept, removed),
+        "conservation": conservation(read, kept, removed, sum(added_by.values())),
     }
 
 

@@ -48,6 +48,8 @@ SCORE_FIELDS: dict[str, pa.DataType] = {
     "style": pa.string(),
     "synthetic": pa.bool_(),
     "generator": pa.string(),
+    "rephrase_tokens_in": pa.int64(),
+    "rephrase_tokens_out": pa.int64(),
 }
 
 #: Columns that exist only while a run is in flight; kept shards drop them.

@@ -85,12 +85,14 @@ def test_operator_error_quarantines_the_batch_and_the_run_goes_on(tmp_path):
     assert errs and all("injected fault" in r["error"] for r in errs)
     assert "a7" in {r["id"] for r in errs}
     assert m["conservation"]["ok"]
+    assert m["stages"][1]["stage"] == "inject_fault" and m["stages"][1]["removed"] == {"operator_error": len(errs)}
 
 
 def test_on_error_fail_stops_the_run(tmp_path):
     _corpus(tmp_path)
     with pytest.raises(Exception, match="injected fault"):
         run(_recipe(tmp_path, "  - {op: inject_fault, on_error: fail}"))
+    assert not (tmp_path / "out" / "manifest.json").exists() and not (tmp_path / "out" / "shards").exists()
 
 
 def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
