@@ -119,8 +119,8 @@ def curate(work: Path, max_chars: int) -> Path:
 def train(run: Path, method: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
     params = {
         "stratified": [],
-        # k = 4: one probe round of 5 steps per domain at the start of every 100-step round
-        "aioli": ["--param", "lp_rounds=1", "--param", "lp_steps=5", "--param", "update_every=100"],
+        # k = 4: one probe round of 5 steps per domain at the start of every --aioli-every steps
+        "aioli": ["--param", "lp_rounds=1", "--param", "lp_steps=5", "--param", f"update_every={args.aioli_every}"],
         "dga": ["--param", "every=10"],
         "odm": [],
     }[method]
@@ -195,6 +195,7 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=4096)
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--target", default="manpages")
+    p.add_argument("--aioli-every", type=int, default=100, help="Aioli's round length (20 probe steps each)")
     p.add_argument("--max-chars", type=int, default=3_000_000, help="characters per domain")
     p.add_argument("--work", default=str(RESULTS / "mixing"))
     args = p.parse_args()
