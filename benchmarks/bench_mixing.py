@@ -19,7 +19,7 @@ stratified (paired by seed).
 Run:
     .venv/bin/python -m benchmarks.bench_mixing                      # 3 seeds × 4 methods, ~12 min on 2 cores
     .venv/bin/python -m benchmarks.bench_mixing --steps 60 --seeds 1 # a smoke run
-Writes benchmarks/results/bench_mixing-<UTC time>.json, benchmarks/results/mixing.png and a markdown table.
+Writes benchmarks/results/bench_mixing-<UTC time>.json and .png (loss curves) and a markdown table.
 """
 
 from __future__ import annotations
@@ -222,7 +222,8 @@ def main() -> None:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     path = RESULTS / f"bench_mixing-{stamp}.json"
     path.write_text(json.dumps(report, indent=1))
-    plot(runs, args.target, RESULTS / "mixing.png")
+    png = RESULTS / f"bench_mixing-{stamp}.png"
+    plot(runs, args.target, png)
     print(f"\n| method | mean held-out loss | Δ vs stratified (per seed) | {args.target} loss | Δ vs stratified |")
     print("|---|---|---|---|---|")
     for m, s in summary.items():
@@ -230,7 +231,7 @@ def main() -> None:
         dt = ", ".join(f"{x:+.3f}" for x in s["delta_target_vs_stratified"])
         print(f"| {m} | {s['mean_eval_loss'][0]:.4f} ± {s['mean_eval_loss'][1]:.4f} | {dm} "
               f"| {s['target_loss'][0]:.4f} ± {s['target_loss'][1]:.4f} | {dt} |")  # fmt: skip
-    print(f"\nwrote {path} and {RESULTS / 'mixing.png'}")
+    print(f"\nwrote {path} and {png}")
 
 
 if __name__ == "__main__":
