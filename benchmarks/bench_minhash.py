@@ -121,20 +121,32 @@ def _grams(text: str, n: int = 5) -> set[str]:
     return {" ".join(w[i : i + n]) for i in range(max(len(w) - n + 1, 1))} if w else set()
 
 
+class UnionFind:
+    """Path-halving union-find over 0..n-1; a union keeps the lower root (a deterministic survivor)."""
+
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, x: int) -> int:
+        parent = self.parent
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
 def truth(ids: list[str], texts: list[str], families: list[int]) -> tuple[set[str], int, dict]:
     """Documents with a partner at exact 5-gram Jaccard ≥ THRESHOLD; the ideal removal count; J histogram."""
     by_fam: dict[int, list[int]] = {}
     for i, f in enumerate(families):
         by_fam.setdefault(f, []).append(i)
     flagged: set[str] = set()
-    parent = list(range(len(ids)))
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
+    uf = UnionFind(len(ids))
     hist = np.zeros(10, dtype=int)
     for members in by_fam.values():
         if len(members) < 2:
@@ -146,8 +158,8 @@ def truth(ids: list[str], texts: list[str], families: list[int]) -> tuple[set[st
                 hist[min(int(j * 10), 9)] += 1
                 if j >= THRESHOLD:
                     flagged.update((ids[a], ids[b]))
-                    parent[find(a)] = find(b)
-    roots = [find(i) for i in range(len(ids)) if ids[i] in flagged]
+                    uf.union(a, b)
+    roots = [uf.find(i) for i in range(len(ids)) if ids[i] in flagged]
     ideal_removed = len(roots) - len(set(roots))
     return flagged, ideal_removed, {f"{k / 10:.1f}": int(v) for k, v in enumerate(hist)}
 
@@ -238,14 +250,7 @@ def run_datasketch(paths: list[Path], num_perm: int = 128) -> dict:
         for i, m in enumerate(mhs):
             if shingles[i]:
                 session.insert(i, m)
-    parent = list(range(len(ids)))
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
+    uf = UnionFind(len(ids))
     candidates = verified = 0
     for i, m in enumerate(mhs):
         if not shingles[i]:
@@ -257,10 +262,8 @@ def run_datasketch(paths: list[Path], num_perm: int = 128) -> dict:
             a, b = shingles[i], shingles[j]
             if len(a & b) / len(a | b) >= THRESHOLD:
                 verified += 1
-                ra, rb = find(i), find(j)
-                if ra != rb:
-                    parent[max(ra, rb)] = min(ra, rb)
-    roots = [find(i) for i in range(len(ids))]
+                uf.union(i, j)
+    roots = [uf.find(i) for i in range(len(ids))]
     sizes: dict[int, int] = {}
     for r in roots:
         sizes[r] = sizes.get(r, 0) + 1

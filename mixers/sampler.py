@@ -101,7 +101,7 @@ def exact_counts(weights: np.ndarray, n_slots: int) -> np.ndarray:
     ideal = w * n_slots
     counts = np.where(live, np.maximum(1, np.floor(ideal)), 0).astype(np.int64)
     deficit = n_slots - int(counts.sum())
-    if deficit > 0:  # fewer than the live domains: one pass over the largest fractional parts
+    if deficit > 0:  # fewer slots missing than live domains: one pass over the largest fractional parts
         frac = np.where(live, ideal - np.floor(ideal), -1.0)
         counts[np.argsort(-frac, kind="stable")[:deficit]] += 1
     for _ in range(-deficit):  # the max(1, ·) floor overfilled the batch
