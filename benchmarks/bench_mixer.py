@@ -8,9 +8,16 @@ log-normal document lengths (median ~500 tokens), skewed token ids below 49,152.
 
 1. Ceiling: one process reads the shards' ``tokens`` column row group by row group and cuts it into the
    tensors a trainer gets (``input_ids`` int64 [B, L] plus ``labels``), as fast as it can.
-2. Served: ``python -m mixers.cli`` in its own process (stratified mixer, seq_len 2048, global batch 64)
+2. Served: ``python -m mixers.cli`` in its own process (stratified mixer, seq_len 2048, global batch B)
    and N client processes, each a ``MixtureStream`` rank of world N, counting the tokens of the tensors
-   they receive during the same wall-clock window (after a warm-up).
+   they receive during the same wall-clock window (after a warm-up). Every configuration runs at two
+   global batches: 64 sequences (131K tokens a step: a rank's message at 8 ranks is 8 sequences, so
+   per-message costs dominate) and 256 (0.5M tokens a step, GPT-3 Small's batch; still 8× below
+   Llama's 4M).
+   Besides tokens/s, each run records CPU seconds (user + system, all threads) of the server and of
+   every client over the window, as milliseconds of CPU per million tokens delivered: on a machine
+   where the server and the clients share the cores, that is what the ratio to the ceiling comes
+   down to, and it does not move with the scheduling noise of a shared machine.
 3. Feedback round trip: ``MixtureStream.report`` (per-domain aggregation + one DoAction) timed one by one,
    against an idle server and while 4 clients stream; and the server's own share (``MixerEngine.feedback``
    called in-process), to tell code cost from waiting for a CPU.
@@ -20,8 +27,8 @@ The ceiling and the served runs alternate over several rounds (the machine may b
 shows medians and ranges, and the ratio to the ceiling is taken within each round.
 
 Run:
-    .venv/bin/python -m benchmarks.bench_mixer            # ~8 minutes
-    .venv/bin/python -m benchmarks.bench_mixer --quick    # ~3 minutes: smaller corpus, 2 rounds, shorter windows
+    .venv/bin/python -m benchmarks.bench_mixer            # ~11 minutes
+    .venv/bin/python -m benchmarks.bench_mixer --quick    # ~5 minutes: smaller corpus, 2 rounds, shorter windows
 Writes benchmarks/results/bench_mixer-<UTC time>.json and prints a markdown table. Every figure is
 measured in this run; the machine's core count and load average are recorded next to them.
 """
@@ -107,6 +114,7 @@ def ceiling(root: Path, seconds: float, batch: int = GLOBAL_BATCH, seq_len: int 
         return pq.ParquetFile(f).read_row_group(rg, columns=["tokens"]).column(0).combine_chunks().flatten().to_numpy()
 
     per = batch * seq_len
+    cpu0 = _cpu_seconds()
     tokens, t0 = 0, time.perf_counter()
     rest = np.zeros(0, np.int32)
     with ThreadPoolExecutor(readers) as pool:
@@ -129,7 +137,14 @@ def ceiling(root: Path, seconds: float, batch: int = GLOBAL_BATCH, seq_len: int 
         for f in pending:
             f.cancel()
     dt = time.perf_counter() - t0
-    return {"tokens_per_s": tokens / dt, "seconds": dt}
+    cpu = _cpu_seconds() - cpu0
+    return {"tokens_per_s": tokens / dt, "seconds": dt, "cpu_ms_per_mtok": cpu / max(tokens, 1) * 1e9}
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process, all threads."""
+    t = os.times()
+    return t.user + t.system
 
 
 # ---------------------------------------------------------------- server and clients
@@ -139,9 +154,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(root: Path, port: int) -> subprocess.Popen:
+def start_server(root: Path, port: int, global_batch: int = GLOBAL_BATCH) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "mixers.cli", str(root), "--port", str(port), "--seq-len", str(SEQ_LEN)]
-    cmd += ["--global-batch", str(GLOBAL_BATCH), "--mixer", "stratified", "--log-every", "0", "--prefetch", "8"]
+    cmd += ["--global-batch", str(global_batch), "--mixer", "stratified", "--log-every", "0", "--prefetch", "8"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
@@ -162,6 +177,7 @@ def _client(location: str, rank: int, world: int, window, ready, q) -> None:
     s = MixtureStream(location, rank=rank, world_size=world, prefetch=4, reconnect_timeout=60)
     tokens = batches = 0
     said_ready = False
+    cpu0 = None
     for b in s:
         if not said_ready:
             ready.put(rank)
@@ -171,10 +187,13 @@ def _client(location: str, rank: int, world: int, window, ready, q) -> None:
         if now >= t_end:
             break
         if now >= t_start:
+            if cpu0 is None:
+                cpu0 = _cpu_seconds()
             tokens += b["input_ids"].numel()
             batches += 1
+    cpu = _cpu_seconds() - cpu0 if cpu0 is not None else 0.0
     s.close()
-    q.put({"rank": rank, "tokens": tokens, "batches": batches})
+    q.put({"rank": rank, "tokens": tokens, "batches": batches, "cpu_s": cpu})
 
 
 class RssSampler:
@@ -205,12 +224,17 @@ class RssSampler:
         return self.samples
 
 
-def served(root: Path, n_clients: int, seconds: float, warmup: float, rtt_n: int = 0) -> dict:
-    """Aggregate tokens/s to ``n_clients`` client processes (one rank each); optionally time feedback meanwhile."""
+def served(
+    root: Path, n_clients: int, seconds: float, warmup: float, rtt_n: int = 0, global_batch: int = GLOBAL_BATCH
+) -> dict:
+    """Aggregate tokens/s to ``n_clients`` client processes (one rank each) and the CPU it cost the server
+    and the clients; optionally time feedback meanwhile."""
+    import psutil
+
     from mixers.client import MixtureStream
 
     port = _free_port()
-    proc = start_server(root, port)
+    proc = start_server(root, port, global_batch)
     location = f"grpc://127.0.0.1:{port}"
     procs = []
     try:
@@ -230,9 +254,13 @@ def served(root: Path, n_clients: int, seconds: float, warmup: float, rtt_n: int
         window[1] = t_end
         window[0] = t_start
         rtt = None
+        server = psutil.Process(proc.pid)
+        time.sleep(max(0.0, t_start - time.time()))
+        cpu0 = sum(server.cpu_times()[:2])
         if rtt_n:
-            time.sleep(max(0.0, t_start - time.time()))
-            rtt = feedback_rtt(probe, rtt_n, n_clients, deadline=t_end)
+            rtt = feedback_rtt(probe, rtt_n, n_clients, deadline=t_end, global_batch=global_batch)
+        time.sleep(max(0.0, t_end - time.time()))
+        server_cpu = sum(server.cpu_times()[:2]) - cpu0
         results = [q.get(timeout=seconds + warmup + 300) for _ in procs]
         for p in procs:
             p.join()
@@ -244,9 +272,13 @@ def served(root: Path, n_clients: int, seconds: float, warmup: float, rtt_n: int
                 p.terminate()
         stop_server(proc)
     total = sum(r["tokens"] for r in results)
+    per_mtok = 1e9 / max(total, 1)
     return {
         "clients": n_clients,
+        "global_batch": global_batch,
         "tokens_per_s": total / seconds,
+        "server_cpu_ms_per_mtok": server_cpu * per_mtok,
+        "clients_cpu_ms_per_mtok": sum(r["cpu_s"] for r in results) * per_mtok,
         "per_client_tokens_per_s": [r["tokens"] / seconds for r in results],
         "batches": sum(r["batches"] for r in results),
         "server_rss_max_mb": max((s for _, s in samples), default=0) / 2**20,
@@ -254,12 +286,14 @@ def served(root: Path, n_clients: int, seconds: float, warmup: float, rtt_n: int
     }
 
 
-def feedback_rtt(stream, n: int, world: int, deadline: float | None = None, step0: int = 0) -> dict:
+def feedback_rtt(
+    stream, n: int, world: int, deadline: float | None = None, step0: int = 0, global_batch: int = GLOBAL_BATCH
+) -> dict:
     """Time ``stream.report`` one call at a time (distinct (step, rank) pairs); p50/p99 in ms."""
     import torch
 
-    losses = torch.rand(GLOBAL_BATCH // world, dtype=torch.float32) + 2.0
-    domains = torch.randint(0, len(DOMAINS), (GLOBAL_BATCH // world,))
+    losses = torch.rand(global_batch // world, dtype=torch.float32) + 2.0
+    domains = torch.randint(0, len(DOMAINS), (global_batch // world,))
     times = []
     rank0 = stream.rank
     for i in range(n):
@@ -352,12 +386,14 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=None, help="measurement window per client count")
     ap.add_argument("--long-seconds", type=float, default=None, help="length of the RSS run")
     ap.add_argument("--rounds", type=int, default=None, help="alternating rounds of ceiling and served runs")
+    ap.add_argument("--global-batch", default="64,256", help="comma-separated global batches (sequences a step)")
     args = ap.parse_args()
     tpd = int(args.tokens_per_domain or (10e6 if args.quick else 25e6))
     seconds = args.seconds or (6.0 if args.quick else 12.0)
     long_s = args.long_seconds or (20.0 if args.quick else 60.0)
     warmup = 2.0
     rounds = args.rounds or (2 if args.quick else 3)
+    batches = [int(x) for x in args.global_batch.split(",")]
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     root = make_corpus(RESULTS / f"mixer-corpus-{tpd // 10**6}M", tpd)
@@ -368,21 +404,29 @@ def main() -> None:
     out: dict = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_before": load_before},
         "versions": {p: metadata.version(p) for p in ("pyarrow", "numpy", "torch")},
-        "config": {"seq_len": SEQ_LEN, "global_batch": GLOBAL_BATCH, "domains": len(DOMAINS), "seconds": seconds},
+        "config": {"seq_len": SEQ_LEN, "global_batches": batches, "domains": len(DOMAINS), "seconds": seconds},
         "corpus": {"tokens_per_domain": tpd, "train_tokens": train_tokens},
     }
     print(f"corpus {root} ({train_tokens / 1e6:.0f}M train tokens); load average {load_before}", flush=True)
     # the machine is shared: alternate the ceiling and the served runs, several rounds, report medians
     out["rounds"] = []
     for r in range(rounds):
-        rnd: dict = {"load_avg": os.getloadavg(), "ceiling": ceiling(root, seconds), "served": []}
-        print(f"round {r + 1}/{rounds}: ceiling {rnd['ceiling']['tokens_per_s'] / 1e6:.1f}M tok/s", flush=True)
-        for n in (1, 4, 8):
-            res = served(root, n, seconds, warmup, rtt_n=2000 if n == 4 else 0)
-            rnd["served"].append(res)
-            print(f"round {r + 1}/{rounds}: {n} clients {res['tokens_per_s'] / 1e6:.1f}M tok/s", flush=True)
+        rnd: dict = {"load_avg": os.getloadavg(), "ceiling": {}, "served": []}
+        for gb in batches:
+            c = rnd["ceiling"][str(gb)] = ceiling(root, seconds, batch=gb)
+            print(f"round {r + 1}/{rounds} B={gb}: ceiling {c['tokens_per_s'] / 1e6:.1f}M tok/s", flush=True)
+            for n in (1, 4, 8):
+                rtt = 2000 if n == 4 and gb == batches[0] else 0
+                res = served(root, n, seconds, warmup, rtt_n=rtt, global_batch=gb)
+                rnd["served"].append(res)
+                print(
+                    f"round {r + 1}/{rounds} B={gb}: {n} clients {res['tokens_per_s'] / 1e6:.1f}M tok/s "
+                    f"(CPU ms per M tokens: server {res['server_cpu_ms_per_mtok']:.1f}, "
+                    f"clients {res['clients_cpu_ms_per_mtok']:.1f}; ceiling {c['cpu_ms_per_mtok']:.1f})",
+                    flush=True,
+                )
         out["rounds"].append(rnd)
-    out["summary"] = summarize(out["rounds"])
+    out["summary"] = summarize(out["rounds"], batches)
     out["feedback_idle"] = idle_rtt(root, 2000)
     out["feedback_server_side"] = server_side_feedback(root, 2000)
     print(f"feedback idle p50 {out['feedback_idle']['p50_ms']:.2f} ms p99 {out['feedback_idle']['p99_ms']:.2f} ms")
@@ -396,17 +440,31 @@ def main() -> None:
     print(f"\nresults: {path}")
 
 
-def summarize(rounds: list[dict]) -> dict:
-    """Medians (and ranges) over the rounds; the ratio is taken within each round, then its median."""
+def summarize(rounds: list[dict], batches: list[int]) -> dict:
+    """Per global batch: medians (and ranges) over the rounds; the ratio is taken within each round,
+    then its median."""
 
     def med(xs):
         return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
 
-    out = {"ceiling": med([r["ceiling"]["tokens_per_s"] for r in rounds]), "served": {}}
-    for i, n in enumerate((1, 4, 8)):
-        rates = [r["served"][i]["tokens_per_s"] for r in rounds]
-        ratios = [r["served"][i]["tokens_per_s"] / r["ceiling"]["tokens_per_s"] for r in rounds]
-        out["served"][str(n)] = {"tokens_per_s": med(rates), "vs_ceiling": med(ratios)}
+    out: dict = {"batches": {}}
+    for gb in batches:
+        ceil = [r["ceiling"][str(gb)] for r in rounds]
+        cell = {
+            "ceiling": med([c["tokens_per_s"] for c in ceil]),
+            "ceiling_cpu_ms_per_mtok": med([c["cpu_ms_per_mtok"] for c in ceil]),
+            "served": {},
+        }
+        for n in (1, 4, 8):
+            runs = [(r["ceiling"][str(gb)], s) for r in rounds for s in r["served"]]
+            runs = [(c, s) for c, s in runs if s["global_batch"] == gb and s["clients"] == n]
+            cell["served"][str(n)] = {
+                "tokens_per_s": med([s["tokens_per_s"] for _, s in runs]),
+                "vs_ceiling": med([s["tokens_per_s"] / c["tokens_per_s"] for c, s in runs]),
+                "server_cpu_ms_per_mtok": med([s["server_cpu_ms_per_mtok"] for _, s in runs]),
+                "clients_cpu_ms_per_mtok": med([s["clients_cpu_ms_per_mtok"] for _, s in runs]),
+            }
+        out["batches"][str(gb)] = cell
     loads = [s["feedback_under_load"] for r in rounds for s in r["served"] if s["feedback_under_load"]]
     out["feedback_under_load"] = {
         "p50_ms": statistics.median(x["p50_ms"] for x in loads),
@@ -428,16 +486,27 @@ def print_table(r: dict) -> None:
         f"\n### Mixer service — {m['cpus']} CPUs shared with other work "
         f"(1-min load average {', '.join(loads)} at the start of each of {len(loads)} rounds)\n"
     )
-    print("| measurement | tokens/s, median (range) | vs in-process read, median (range) | target |")
-    print("|---|---:|---:|---|")
-    print(f"| in-process read of the shards (ceiling) | {rng(s['ceiling'])} | 100% | |")
-    for n, v in s["served"].items():
-        target = ">= 50M tok/s, >= 50%" if n == "4" else ""
-        ratio = v["vs_ceiling"]
+    print(
+        "| global batch | measurement | tokens/s, median (range) | vs in-process read, median (range) "
+        "| CPU ms per M tokens: server + clients | target |"
+    )
+    print("|---:|---|---:|---:|---:|---|")
+    for gb, cell in s["batches"].items():
+        tok = int(gb) * r["config"]["seq_len"]
+        label = f"{gb} ({tok / 1e6:.2f}M tok)"
         print(
-            f"| served to {n} client process{'es' if n != '1' else ''} | {rng(v['tokens_per_s'])} | "
-            f"{ratio['median']:.0%} ({ratio['min']:.0%}–{ratio['max']:.0%}) | {target} |"
+            f"| {label} | in-process read of the shards (ceiling) | {rng(cell['ceiling'])} | 100% "
+            f"| {cell['ceiling_cpu_ms_per_mtok']['median']:.1f} | |"
         )
+        for n, v in cell["served"].items():
+            target = ">= 50M tok/s, >= 50%" if n == "4" else ""
+            ratio = v["vs_ceiling"]
+            srv, cli = v["server_cpu_ms_per_mtok"]["median"], v["clients_cpu_ms_per_mtok"]["median"]
+            print(
+                f"| {label} | served to {n} client process{'es' if n != '1' else ''} | {rng(v['tokens_per_s'])} | "
+                f"{ratio['median']:.0%} ({ratio['min']:.0%}–{ratio['max']:.0%}) | {srv:.1f} + {cli:.1f} "
+                f"= {srv + cli:.1f} | {target} |"
+            )
     print("\n| feedback round trip (`MixtureStream.report`) | p50 | p99 | target |")
     print("|---|---:|---:|---|")
     idle = r["feedback_idle"]
@@ -446,7 +515,7 @@ def print_table(r: dict) -> None:
     print(f"| server-side handling only (in-process) | {srv['p50_ms']:.3f} ms | {srv['p99_ms']:.3f} ms | |")
     load = s["feedback_under_load"]
     print(
-        f"| while 4 clients stream (median over rounds) "
+        f"| while 4 clients stream (global batch {r['config']['global_batches'][0]}, median over rounds) "
         f"| {load['p50_ms']:.2f} ms | {load['p99_ms']:.2f} ms | p99 < 5 ms |"
     )
     lr = r["long_run"]

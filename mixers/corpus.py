@@ -171,26 +171,58 @@ class Corpus:
         """Tokens per domain in ``split``."""
         return {d: self.index[d][split].tokens for d in self.domains}
 
+    def _unit_column(self, idx: SplitIndex, unit: int) -> tuple[pa.ListArray, np.ndarray]:
+        """A unit's whole ``tokens`` column (one row group) and the rows of its indexed documents."""
+        f, rg = int(idx.unit_file[unit]), int(idx.unit_rg[unit])
+        a, b = int(idx.unit_start[unit]), int(idx.unit_start[unit + 1])
+        rows = idx.doc_row[a:b]
+        with self.fs.open_input_file(self.files[f]) as fh:
+            t = pq.ParquetFile(fh, metadata=self.metadata[f]).read_row_group(rg, columns=["tokens"], use_threads=False)
+        col = t.column("tokens")
+        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+        offsets = col.offsets.to_numpy()
+        lens = offsets[rows + 1].astype(np.int64) - offsets[rows]
+        if not np.array_equal(lens, idx.doc_len[a:b]):
+            raise ValueError(
+                f"{self.files[f]} row group {rg}: `n_tokens` disagrees with the length of `tokens`; "
+                "the shard was modified after indexing or written inconsistently"
+            )
+        return col, rows
+
     def read_unit(self, idx: SplitIndex, unit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A unit's token values, undecoded into documents: (values int32, start, length) per indexed document.
 
         ``values`` is the row group's whole ``tokens`` buffer (zero-copy from Arrow); document
         ``i`` of the unit (in index order) is ``values[start[i] : start[i] + length[i]]``.
         """
-        f, rg = int(idx.unit_file[unit]), int(idx.unit_rg[unit])
-        a, b = int(idx.unit_start[unit]), int(idx.unit_start[unit + 1])
-        rows = idx.doc_row[a:b]
-        with self.fs.open_input_file(self.files[f]) as fh:
-            t = pq.ParquetFile(fh, metadata=self.metadata[f]).read_row_group(rg, columns=["tokens"])
-        col = t.column("tokens")
-        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+        col, rows = self._unit_column(idx, unit)
         offsets = col.offsets.to_numpy()
-        values = col.values.to_numpy()
         starts = offsets[rows].astype(np.int64)
         lens = offsets[rows + 1].astype(np.int64) - starts
-        if not np.array_equal(lens, idx.doc_len[a:b]):
-            raise ValueError(
-                f"{self.files[f]} row group {rg}: `n_tokens` disagrees with the length of `tokens`; "
-                "the shard was modified after indexing or written inconsistently"
-            )
-        return values, starts, lens
+        return col.values.to_numpy(), starts, lens
+
+    def gather(self, idx: SplitIndex, units: list[int], order: np.ndarray) -> np.ndarray:
+        """The tokens of the indexed documents of ``units`` (numbered in index order, unit after
+        unit), taken in ``order`` and concatenated: one int32 array.
+
+        The documents are laid out as an Arrow list view over the decoded values and flattened
+        in C++ (no per-document Python loop, the GIL released), so loading a window on a
+        read-ahead thread does not hold up the thread that serves batches.
+        """
+        values, starts, lens, base = [], [], [], 0
+        for u in units:
+            col, rows = self._unit_column(idx, u)
+            offsets = col.offsets.to_numpy()
+            first = int(offsets[0])
+            values.append(col.values.to_numpy()[first : int(offsets[-1])] if len(col) else np.zeros(0, np.int32))
+            starts.append(offsets[rows].astype(np.int64) - first + base)
+            lens.append(offsets[rows + 1].astype(np.int64) - offsets[rows])
+            base += len(values[-1])
+        if not values:
+            return np.zeros(0, np.int32)
+        flat = values[0] if len(values) == 1 else np.concatenate(values)
+        st, ln = np.concatenate(starts)[order], np.concatenate(lens)[order]
+        view = pa.LargeListViewArray if base >= 2**31 else pa.ListViewArray
+        otype = np.int64 if base >= 2**31 else np.int32
+        docs = view.from_arrays(pa.array(st.astype(otype)), pa.array(ln.astype(otype)), pa.array(flat))
+        return docs.flatten().to_numpy()

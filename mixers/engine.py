@@ -139,7 +139,12 @@ class MixerEngine:
         self.streams = [
             PackedStream(self.corpus, d, config.seed, config.shuffle_window, self._executor) for d in self.domains
         ]
-        self._cv = threading.Condition()
+        # one lock, two conditions: the producer (and checkpoints) wait on `_cv` for demand and
+        # feedback; Flight threads wait on `_ready` for produced steps, so a rank asking for a batch
+        # wakes the producer only, not every other rank's thread
+        lock = threading.RLock()
+        self._cv = threading.Condition(lock)
+        self._ready = threading.Condition(lock)
         self._gen_lock = threading.Lock()
         self._next = self.base
         self._cursors = cursors
@@ -152,6 +157,7 @@ class MixerEngine:
         self._stop = threading.Event()
         self.failed: str | None = None
         self._waiting_since: float | None = None
+        self._idle = False  # the producer waits for demand (see `_wake_producer`)
         # serving statistics
         self._ranks: dict[int, dict[str, Any]] = {}
         self._served = np.zeros(len(self.domains), np.int64)
@@ -207,6 +213,7 @@ class MixerEngine:
         self._stop.set()
         with self._cv:
             self._cv.notify_all()
+            self._ready.notify_all()
         if self._producer.is_alive():
             self._producer.join(timeout=10)
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -242,7 +249,9 @@ class MixerEngine:
             while not self._stop.is_set():
                 with self._cv:
                     while not self._stop.is_set() and self._next > self._horizon():
+                        self._idle = True
                         self._cv.wait(0.5)
+                    self._idle = False
                     if self._stop.is_set():
                         return
                     t = self._next
@@ -269,11 +278,19 @@ class MixerEngine:
                         old, _ = self._batches.popitem(last=False)
                         self._fetched.pop(old, None)
                     self._cv.notify_all()
+                    self._ready.notify_all()
         except Exception as e:  # an algorithm bug or unreadable data: fail loudly, keep answering
             logger.exception("mixer producer failed")
             with self._cv:
                 self.failed = f"{type(e).__name__}: {e}"
                 self._cv.notify_all()
+                self._ready.notify_all()
+
+    def _wake_producer(self) -> None:
+        """Wake the producer if it waits for demand and now has a step to make (holds ``_cv``). Ranks call
+        this on every batch; waking it only when there is work spares a thread switch per batch."""
+        if self._idle and self._next <= self._horizon():
+            self._cv.notify_all()
 
     def _horizon(self) -> int:
         """The last step to produce now: ``prefetch`` past the slowest rank with an open stream (ranks of a
@@ -362,7 +379,7 @@ class MixerEngine:
             self._ranks[rank].update(next_step=step, last_seen=time.time())
             if step + self.config.prefetch > self._want:
                 self._want = step + self.config.prefetch
-            self._cv.notify_all()
+            self._wake_producer()
             deadline = time.monotonic() + timeout
             while step >= self._next:
                 if self.failed:
@@ -370,7 +387,7 @@ class MixerEngine:
                 left = deadline - time.monotonic()
                 if left <= 0 or self._stop.is_set():
                     return None
-                self._cv.wait(left)
+                self._ready.wait(left)
             b = self._batches.get(step)
             snap = self._snapshots.get(step) if b is None else None
             if b is None and snap is None:
@@ -396,7 +413,7 @@ class MixerEngine:
         with self._cv:
             self._served += counts
             self._ranks.setdefault(rank, {"streams": 0})["next_step"] = step + 1
-            self._cv.notify_all()
+            self._wake_producer()
 
     def stream_opened(self, rank: int) -> None:
         with self._cv:
@@ -407,6 +424,7 @@ class MixerEngine:
     def stream_closed(self, rank: int) -> None:
         with self._cv:
             self._ranks[rank]["streams"] -= 1
+            self._wake_producer()
 
     # ------------------------------------------------------------------ feedback
     def feedback(self, kind: str, body: Any) -> dict[str, Any]:

@@ -10,7 +10,6 @@ function of the draws of earlier steps — which is what resume and replicas rel
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import hashlib
 import logging
@@ -20,6 +19,7 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from mixers.corpus import Corpus, SplitIndex
 
@@ -116,35 +116,6 @@ def place_exact(seed: int, step: int, counts: np.ndarray) -> np.ndarray:
     return ids[permutation(key64(SALT_DRAW, seed, step, 1), len(ids))]
 
 
-@dataclass
-class _Window:
-    """A loaded window: decoded row groups (``chunks``) and, per document in serving order, which
-    chunk (``src``) and where (``start``) its tokens are; ``cum`` holds cumulative lengths. Documents
-    are gathered only when a sequence needs them, so loading costs one Parquet decode and no copy."""
-
-    chunks: list[np.ndarray]
-    src: list[int]
-    start: list[int]
-    cum: list[int]  # Python ints: the per-document loop below is faster on them than on numpy scalars
-
-    @property
-    def tokens(self) -> int:
-        return self.cum[-1]
-
-    def copy_into(self, out: np.ndarray, a: int) -> None:
-        """Fill ``out`` with the window's tokens from position ``a`` on."""
-        n, pos = len(out), 0
-        cum, start, src, chunks = self.cum, self.start, self.src, self.chunks
-        i = bisect.bisect_right(cum, a) - 1
-        while pos < n:
-            off = a + pos - cum[i]
-            take = min(n - pos, cum[i + 1] - cum[i] - off)
-            s = start[i] + off
-            out[pos : pos + take] = chunks[src[i]][s : s + take]
-            pos += take
-            i += 1
-
-
 class PackedStream:
     """One domain's infinite stream of training tokens, packed into sequences by position.
 
@@ -181,7 +152,7 @@ class PackedStream:
         self._unit_tokens = self.idx.unit_tokens()
         self.epoch_tokens = int(self._unit_tokens.sum())
         self._layouts: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
-        self._windows: OrderedDict[tuple[int, int], _Window] = OrderedDict()
+        self._windows: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._pending: dict[tuple[int, int], Future] = {}
         self._lock = threading.Lock()
 
@@ -203,19 +174,15 @@ class PackedStream:
     def n_windows(self) -> int:
         return -(-self.idx.n_units // self.window)
 
-    def _load(self, epoch: int, w: int) -> _Window:
+    def _load(self, epoch: int, w: int) -> np.ndarray:
         order, _ = self.layout(epoch)
-        units = order[w * self.window : (w + 1) * self.window]
-        parts = [self.corpus.read_unit(self.idx, int(u)) for u in units]
-        src = np.concatenate([np.full(len(p[1]), j, np.int64) for j, p in enumerate(parts)])
-        starts = np.concatenate([p[1] for p in parts])
-        lens = np.concatenate([p[2] for p in parts])
-        perm = permutation(key64(SALT_DOCS, self.seed, self.dkey, epoch, w), len(lens))
-        cum = np.concatenate([[0], np.cumsum(lens[perm])]).astype(np.int64)
-        return _Window([p[0] for p in parts], src[perm].tolist(), starts[perm].tolist(), cum.tolist())
+        units = [int(u) for u in order[w * self.window : (w + 1) * self.window]]
+        n_docs = sum(int(self.idx.unit_start[u + 1] - self.idx.unit_start[u]) for u in units)
+        perm = permutation(key64(SALT_DOCS, self.seed, self.dkey, epoch, w), n_docs)
+        return self.corpus.gather(self.idx, units, perm)
 
-    def window_tokens(self, epoch: int, w: int) -> _Window:
-        """Window ``w`` of ``epoch``: its documents in serving order, over the decoded row groups."""
+    def window_tokens(self, epoch: int, w: int) -> np.ndarray:
+        """Window ``w`` of ``epoch``: its documents' tokens in serving order (int32)."""
         key = (epoch, w)
         with self._lock:
             hit = self._windows.get(key)
@@ -242,10 +209,15 @@ class PackedStream:
 
     def read(self, start: int, n: int) -> np.ndarray:
         """Tokens ``[start, start + n)`` of the infinite stream (int32)."""
+        out = np.empty(n, np.int32)
+        self.read_into(out, start)
+        return out
+
+    def read_into(self, out: np.ndarray, start: int) -> None:
+        """Fill ``out`` with tokens ``[start, start + len(out))`` of the infinite stream."""
         if self.epoch_tokens == 0:
             raise ValueError(f"domain {self.domain!r} has no training tokens")
-        out = np.empty(n, np.int32)
-        done = 0
+        n, done = len(out), 0
         while done < n:
             pos = start + done
             epoch, q = divmod(pos, self.epoch_tokens)
@@ -253,20 +225,47 @@ class PackedStream:
             w = int(np.searchsorted(offsets, q, side="right")) - 1
             win = self.window_tokens(epoch, w)
             a = q - int(offsets[w])
-            take = min(n - done, win.tokens - a)
-            win.copy_into(out[done : done + take], a)
+            take = min(n - done, len(win) - a)
+            out[done : done + take] = win[a : a + take]
             done += take
-        return out
 
 
 @dataclass
 class GlobalBatch:
-    """The ``global_batch`` sequences of one step (rank ``r`` of ``W`` gets rows ``[r·B/W, (r+1)·B/W)``)."""
+    """The ``global_batch`` sequences of one step (rank ``r`` of ``W`` gets rows ``[r·B/W, (r+1)·B/W)``).
+
+    ``tokens`` and ``domains`` are numpy views of Arrow-allocated buffers, so :meth:`rows` hands a
+    rank's slice to Flight without a copy and without a Python object that the sending gRPC
+    thread would have to take the GIL to release.
+    """
 
     step: int
     tokens: np.ndarray  # int32 [global_batch, seq_len]
     domains: np.ndarray  # int16 [global_batch], index into the sorted domain list
     cursors: np.ndarray  # int64 [n_domains], each domain's next sequence index after this step
+    token_buffer: pa.Buffer | None = None  # the memory behind ``tokens``
+    domain_buffer: pa.Buffer | None = None  # the memory behind ``domains``
+
+    def rows(self, lo: int, hi: int) -> tuple[pa.FixedSizeListArray, pa.Array]:
+        """Rows ``[lo, hi)`` as Arrow arrays: ``input_ids`` fixed_size_list<int32>[seq_len], ``domain`` int16."""
+        L = self.tokens.shape[1]
+        if self.token_buffer is None or self.domain_buffer is None:  # built by hand: wrap the numpy arrays
+            values = pa.array(self.tokens[lo:hi].reshape(-1))
+            domains = pa.array(self.domains[lo:hi])
+        else:
+            values = pa.Array.from_buffers(
+                pa.int32(), (hi - lo) * L, [None, self.token_buffer.slice(lo * L * 4, (hi - lo) * L * 4)]
+            )
+            domains = pa.Array.from_buffers(
+                pa.int16(), hi - lo, [None, self.domain_buffer.slice(lo * 2, (hi - lo) * 2)]
+            )
+        return pa.FixedSizeListArray.from_arrays(values, L), domains
+
+
+def _arrow_backed(shape: tuple[int, ...], dtype: type) -> tuple[np.ndarray, pa.Buffer]:
+    """A writable numpy array over a fresh Arrow buffer."""
+    buf = pa.allocate_buffer(int(np.prod(shape)) * np.dtype(dtype).itemsize)
+    return np.frombuffer(buf, dtype).reshape(shape), buf
 
 
 def build_batch(
@@ -283,17 +282,21 @@ def build_batch(
     then fill the slots of each domain, in slot order, with that domain's next packed sequences
     starting at its cursor."""
     if exact:
-        ids = place_exact(seed, step, exact_counts(weights, global_batch))
+        drawn = place_exact(seed, step, exact_counts(weights, global_batch))
     else:
-        ids = draw_domains(seed, step, global_batch, weights)
-    out = np.empty((global_batch, seq_len), np.int32)
+        drawn = draw_domains(seed, step, global_batch, weights)
+    ids, ids_buf = _arrow_backed((global_batch,), np.int16)
+    ids[:] = drawn
+    out, out_buf = _arrow_backed((global_batch, seq_len), np.int32)
     nxt = np.array(cursors, np.int64, copy=True)
     for k, stream in enumerate(streams):
         rows = np.flatnonzero(ids == k)
-        if len(rows):
+        if len(rows) == len(ids):  # one domain fills the batch: read straight into it
+            stream.read_into(out.reshape(-1), int(nxt[k]) * seq_len)
+        elif len(rows):
             out[rows] = stream.read(int(nxt[k]) * seq_len, len(rows) * seq_len).reshape(len(rows), seq_len)
-            nxt[k] += len(rows)
-    return GlobalBatch(step, out, ids, nxt)
+        nxt[k] += len(rows)
+    return GlobalBatch(step, out, ids, nxt, out_buf, ids_buf)
 
 
 def pack_holdout(corpus: Corpus, domain: str, seq_len: int, max_sequences: int) -> tuple[np.ndarray, np.ndarray]:

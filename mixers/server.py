@@ -217,7 +217,6 @@ class MixerServer(flight.FlightServerBase):
         eng = self.engine
         per = eng.config.global_batch // world
         lo, hi = rank * per, (rank + 1) * per
-        L = eng.config.seq_len
         eng.stream_opened(rank)
         try:
             t = start
@@ -232,15 +231,8 @@ class MixerServer(flight.FlightServerBase):
                         b = eng.batch(t, rank, timeout=0.5)
                     except (RequestError, MixerFailed) as e:
                         raise flight.FlightServerError(str(e)) from None
-                ids = b.domains[lo:hi]
-                rb = pa.RecordBatch.from_arrays(
-                    [
-                        pa.FixedSizeListArray.from_arrays(pa.array(b.tokens[lo:hi].reshape(-1)), L),
-                        pa.array(ids),
-                    ],
-                    schema=self.train_schema,
-                )
-                eng.served(rank, t, ids)
+                rb = pa.RecordBatch.from_arrays(list(b.rows(lo, hi)), schema=self.train_schema)
+                eng.served(rank, t, b.domains[lo:hi])
                 due = eng.due(t)
                 yield rb, json.dumps({"step": t, "due": due} if due else {"step": t}).encode()
                 t += 1

@@ -91,6 +91,20 @@ def test_build_batch_fills_slots_from_cursors(run_dir):
         assert np.array_equal(b.tokens[rows], want)
 
 
+def test_one_domain_batch_and_rank_rows_are_the_same_bytes(run_dir):
+    corpus = Corpus(str(run_dir[0]))
+    streams = [PackedStream(corpus, d, seed=0) for d in corpus.domains]
+    L = 16
+    b = build_batch(streams, 0, 3, 8, L, np.array([0.0, 1.0, 0.0]), np.array([0, 4, 0], np.int64))
+    assert (b.domains == 1).all() and b.cursors.tolist() == [0, 12, 0]
+    assert np.array_equal(b.tokens.reshape(-1), streams[1].read(4 * L, 8 * L))
+    for lo, hi in ((0, 4), (4, 8), (2, 3)):  # a rank's slice, as Flight sends it
+        ids, dom = b.rows(lo, hi)
+        assert ids.type.list_size == L and len(ids) == hi - lo
+        assert np.array_equal(ids.flatten().to_numpy().reshape(-1, L), b.tokens[lo:hi])
+        assert dom.to_numpy().tolist() == b.domains[lo:hi].tolist()
+
+
 def test_holdout_is_packed_in_order_and_padded(run_dir):
     root, truth = run_dir
     corpus = Corpus(str(root))
