@@ -70,7 +70,7 @@ def serve(
     shuffle_window: int = typer.Option(
         DEFAULTS["shuffle_window"],
         "--shuffle-window",
-        help="Row groups shuffled together; memory/domain ≈ 2 × this × row-group tokens × 4 B.",
+        help="Row groups shuffled together; memory/domain ≈ 2–3 × this × row-group tokens × 4 B.",
     ),
     feedback_lag: int = typer.Option(
         DEFAULTS["feedback_lag"], "--feedback-lag", help="Steps between feedback and the weights it moves."

@@ -46,7 +46,7 @@ class MixerConfig:
         mixer: registered algorithm name.
         mixer_params: keyword arguments for the algorithm (e.g. ``weights``, ``temperature``).
         shuffle_window: row groups whose documents are shuffled together (memory per domain
-            ≈ 2 × shuffle_window × tokens per row group × 4 bytes).
+            ≈ 2–3 × shuffle_window × tokens per row group × 4 bytes).
         feedback_lag: feedback for step s can move the weights from step s + lag on; the
             producer runs at most ``lag`` steps ahead of the feedback an algorithm waits for.
         prefetch: global steps produced ahead of the furthest step a rank asked for.

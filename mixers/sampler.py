@@ -127,9 +127,11 @@ class PackedStream:
     the next sequence (nothing is truncated or dropped). Token ``p`` of the stream is a
     pure function of (seed, domain, p); :meth:`read` seeks to any position.
 
-    Memory: the per-document index plus two windows of tokens (the one being read and
-    the next, loaded ahead on ``executor``): about 2 × ``window`` × (tokens per row group)
-    × 4 bytes per domain. A larger window shuffles more widely and costs that much memory.
+    Memory: the per-document index plus two windows of tokens in serving order (the one
+    being read and the next, loaded ahead on ``executor``; while loading, the decoded row
+    groups are held too, until the window's copy is laid out): about 2–3 × ``window`` ×
+    (tokens per row group) × 4 bytes per domain. A larger window shuffles more widely and
+    costs that much memory.
 
     Args:
         corpus: the run's shards.
