@@ -245,22 +245,14 @@ class GlobalBatch:
     tokens: np.ndarray  # int32 [global_batch, seq_len]
     domains: np.ndarray  # int16 [global_batch], index into the sorted domain list
     cursors: np.ndarray  # int64 [n_domains], each domain's next sequence index after this step
-    token_buffer: pa.Buffer | None = None  # the memory behind ``tokens``
-    domain_buffer: pa.Buffer | None = None  # the memory behind ``domains``
+    token_buffer: pa.Buffer  # the memory behind ``tokens``
+    domain_buffer: pa.Buffer  # the memory behind ``domains``
 
     def rows(self, lo: int, hi: int) -> tuple[pa.FixedSizeListArray, pa.Array]:
         """Rows ``[lo, hi)`` as Arrow arrays: ``input_ids`` fixed_size_list<int32>[seq_len], ``domain`` int16."""
-        L = self.tokens.shape[1]
-        if self.token_buffer is None or self.domain_buffer is None:  # built by hand: wrap the numpy arrays
-            values = pa.array(self.tokens[lo:hi].reshape(-1))
-            domains = pa.array(self.domains[lo:hi])
-        else:
-            values = pa.Array.from_buffers(
-                pa.int32(), (hi - lo) * L, [None, self.token_buffer.slice(lo * L * 4, (hi - lo) * L * 4)]
-            )
-            domains = pa.Array.from_buffers(
-                pa.int16(), hi - lo, [None, self.domain_buffer.slice(lo * 2, (hi - lo) * 2)]
-            )
+        L, n = self.tokens.shape[1], hi - lo
+        values = pa.Array.from_buffers(pa.int32(), n * L, [None, self.token_buffer.slice(lo * L * 4, n * L * 4)])
+        domains = pa.Array.from_buffers(pa.int16(), n, [None, self.domain_buffer.slice(lo * 2, n * 2)])
         return pa.FixedSizeListArray.from_arrays(values, L), domains
 
 
