@@ -98,13 +98,14 @@ def ceiling(root: Path, seconds: float, batch: int = GLOBAL_BATCH, seq_len: int 
 
     Row groups are decoded on ``readers`` threads (as many as the server's read-ahead pool), a few
     ahead of the consumer, which cuts them into ``input_ids`` int64 [B, L] plus a ``labels`` copy, made
-    with numpy exactly as ``MixtureStream`` makes them.
+    exactly as ``MixtureStream`` makes them (``train_tensors`` into recycled arrays).
     """
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
     import pyarrow.parquet as pq
-    import torch
+
+    from mixers.client import RecycledArrays, train_tensors
 
     files = sorted(root.glob("shards/domain=*/part-*.parquet"))
     units = [(f, rg) for f in files for rg in range(pq.ParquetFile(f).num_row_groups)]
@@ -117,6 +118,7 @@ def ceiling(root: Path, seconds: float, batch: int = GLOBAL_BATCH, seq_len: int 
     cpu0 = _cpu_seconds()
     tokens, t0 = 0, time.perf_counter()
     rest = np.zeros(0, np.int32)
+    arrays = RecycledArrays(8)
     with ThreadPoolExecutor(readers) as pool:
         pending: deque = deque()
         i = 0
@@ -128,8 +130,8 @@ def ceiling(root: Path, seconds: float, batch: int = GLOBAL_BATCH, seq_len: int 
             buf = np.concatenate([rest, vals]) if len(rest) else vals
             n = len(buf) // per
             for k in range(n):
-                x = buf[k * per : (k + 1) * per].astype(np.int64).reshape(batch, seq_len)
-                out = {"input_ids": torch.from_numpy(x), "labels": torch.from_numpy(x.copy())}
+                ids, labels = train_tensors(buf[k * per : (k + 1) * per].reshape(batch, seq_len), arrays)
+                out = {"input_ids": ids, "labels": labels}
                 tokens += out["labels"].numel()
                 if time.perf_counter() - t0 >= seconds:
                     break

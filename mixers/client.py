@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -40,6 +41,63 @@ logger = logging.getLogger(__name__)
 RETRYABLE = (flight.FlightUnavailableError, flight.FlightTimedOutError, flight.FlightCancelledError, ConnectionError)
 _END = object()
 STATE_VERSION = 1
+
+
+class RecycledArrays:
+    """int64 arrays for batch tensors, reused once the trainer no longer holds them.
+
+    A tensor made by ``torch.from_numpy`` keeps its array alive until the tensor and every
+    view of it are gone, so an array that only this pool references is free to overwrite.
+    Reusing it spares the allocator: batch-sized arrays freed and allocated every step are
+    returned to the kernel and faulted back in page by page, which cost the client more
+    CPU than receiving the batch. When every pooled array of a shape is in use (the trainer
+    keeps batches) and the pool is full, a fresh, unpooled array is returned.
+
+    Args:
+        capacity: arrays kept; enough for the prefetch queue plus the batches the trainer holds.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._arrays: list[np.ndarray] = []
+        # what a free pooled array reads as on this interpreter (the same expression as the checks)
+        self._free_refs = _refs([np.empty(0)], 0)
+
+    def take(self, shape: tuple[int, ...]) -> np.ndarray:
+        """An int64 array of ``shape`` that nothing else references (contents undefined)."""
+        arrays = self._arrays
+        for i in range(len(arrays)):
+            if arrays[i].shape == shape and _refs(arrays, i) == self._free_refs:  # any tensor adds one
+                return arrays[i]
+        out = np.empty(shape, np.int64)
+        if len(arrays) < self.capacity:
+            arrays.append(out)
+        elif arrays:  # make room for the current shape: drop one that is free, if any
+            for i in range(len(arrays)):
+                if _refs(arrays, i) == self._free_refs:
+                    arrays[i] = out
+                    break
+        return out
+
+
+def _refs(arrays: list[np.ndarray], i: int) -> int:
+    """References to ``arrays[i]``: the list's, the call's own, and one per holder (a tensor, a view)."""
+    return sys.getrefcount(arrays[i])
+
+
+def train_tensors(tokens: np.ndarray, pool: RecycledArrays | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``input_ids`` and ``labels`` (a copy) as int64 tensors from token ids ``[n, seq_len]`` of any integer type.
+
+    numpy, not torch, does the copies: torch's intra-op threads would compete with the trainer's.
+    """
+    if pool is None:
+        ids = tokens.astype(np.int64)
+        labels = ids.copy()
+    else:
+        ids, labels = pool.take(tokens.shape), pool.take(tokens.shape)
+        np.copyto(ids, tokens, casting="unsafe")
+        np.copyto(labels, ids)
+    return torch.from_numpy(ids), torch.from_numpy(labels)
 
 
 class MixtureStream(IterableDataset):
@@ -115,6 +173,8 @@ class MixtureStream(IterableDataset):
         self._stop = threading.Event()
         self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
         self._reader: flight.FlightStreamReader | None = None
+        # two arrays per batch: the queue, the one being filled, and a few the trainer still holds
+        self._arrays = RecycledArrays(2 * (prefetch + 4))
 
     # ------------------------------------------------------------------ connection
     def _options(self, timeout: float | None) -> flight.FlightCallOptions:
@@ -262,7 +322,7 @@ class MixtureStream(IterableDataset):
                     meta = json.loads(chunk.app_metadata.to_pybytes())
                     if meta["step"] != step:
                         raise RuntimeError(f"mixer sent step {meta['step']}, expected {step}")
-                    item = self._convert(chunk.data, step)
+                    item = self._convert(chunk.data, step, self._arrays)
                     item["due"] = meta.get("due", [])
                     if not self._put(q, item):
                         return
@@ -292,19 +352,11 @@ class MixtureStream(IterableDataset):
         self._put(q, _END)
 
     @staticmethod
-    def _convert(data: pa.RecordBatch, step: int) -> dict[str, Any]:
+    def _convert(data: pa.RecordBatch, step: int, pool: RecycledArrays | None = None) -> dict[str, Any]:
         col = data.column(0)
-        L = col.type.list_size
-        # numpy, not torch, makes the copies: torch's intra-op threads would compete with the trainer's
-        ids = col.flatten().to_numpy().astype(np.int64).reshape(len(col), L)
-        labels = ids.copy()
+        ids, labels = train_tensors(col.flatten().to_numpy().reshape(len(col), col.type.list_size), pool)
         dom = data.column(1).to_numpy().astype(np.int64)
-        return {
-            "input_ids": torch.from_numpy(ids),
-            "labels": torch.from_numpy(labels),
-            "domain": torch.from_numpy(dom),
-            "step": step,
-        }
+        return {"input_ids": ids, "labels": labels, "domain": torch.from_numpy(dom), "step": step}
 
     def close(self) -> None:
         """Stop the prefetch thread and close the connection."""

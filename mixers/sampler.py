@@ -15,6 +15,7 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
@@ -217,18 +218,45 @@ class PackedStream:
 
     def read_into(self, out: np.ndarray, start: int) -> None:
         """Fill ``out`` with tokens ``[start, start + len(out))`` of the infinite stream."""
+        done = 0
+        for src in self._pieces(start, len(out)):
+            out[done : done + len(src)] = src
+            done += len(src)
+
+    def read_rows(self, out: np.ndarray, rows: np.ndarray, start: int) -> None:
+        """Fill rows ``rows`` of ``out`` [B, L] (ascending indices) with the stream's next ``len(rows)``
+        sequences from token ``start``: ``out[rows[j]]`` gets tokens ``[start + j·L, start + (j+1)·L)``.
+
+        Copies straight from the windows into the rows (whole rows of a window piece in one
+        numpy assignment), without a temporary of the domain's tokens.
+        """
+        L, done = out.shape[1], 0
+        for src in self._pieces(start, len(rows) * L):
+            j, off = divmod(done, L)
+            done += len(src)
+            if off:  # finish the row the previous piece began
+                k = min(L - off, len(src))
+                out[rows[j], off : off + k] = src[:k]
+                src, j = src[k:], j + 1
+            full = len(src) // L
+            if full:
+                out[rows[j : j + full]] = src[: full * L].reshape(full, L)
+            if len(src) > full * L:  # begin a row the next piece finishes
+                out[rows[j + full], : len(src) - full * L] = src[full * L :]
+
+    def _pieces(self, start: int, n: int) -> Iterator[np.ndarray]:
+        """Tokens ``[start, start + n)`` of the stream as views of consecutive windows."""
         if self.epoch_tokens == 0:
             raise ValueError(f"domain {self.domain!r} has no training tokens")
-        n, done = len(out), 0
+        done = 0
         while done < n:
-            pos = start + done
-            epoch, q = divmod(pos, self.epoch_tokens)
+            epoch, q = divmod(start + done, self.epoch_tokens)
             _, offsets = self.layout(epoch)
             w = int(np.searchsorted(offsets, q, side="right")) - 1
             win = self.window_tokens(epoch, w)
             a = q - int(offsets[w])
             take = min(n - done, len(win) - a)
-            out[done : done + take] = win[a : a + take]
+            yield win[a : a + take]
             done += take
 
 
@@ -288,7 +316,7 @@ def build_batch(
         if len(rows) == len(ids):  # one domain fills the batch: read straight into it
             stream.read_into(out.reshape(-1), int(nxt[k]) * seq_len)
         elif len(rows):
-            out[rows] = stream.read(int(nxt[k]) * seq_len, len(rows) * seq_len).reshape(len(rows), seq_len)
+            stream.read_rows(out, rows, int(nxt[k]) * seq_len)
         nxt[k] += len(rows)
     return GlobalBatch(step, out, ids, nxt, out_buf, ids_buf)
 

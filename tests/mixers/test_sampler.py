@@ -91,6 +91,21 @@ def test_build_batch_fills_slots_from_cursors(run_dir):
         assert np.array_equal(b.tokens[rows], want)
 
 
+def test_read_rows_writes_each_row_straight_from_the_windows(run_dir):
+    corpus = Corpus(str(run_dir[0]))
+    s = PackedStream(corpus, "b", seed=2, window=1)
+    win = len(s.window_tokens(0, 0))
+    rng = np.random.default_rng(1)
+    # rows shorter than a window, about one, and longer (a row spans three windows); starts off any boundary
+    for L in (7, win - 3, 2 * win + 5):
+        for start in (0, 3, win - 2, s.epoch_tokens - L // 2):
+            rows = np.sort(rng.choice(12, size=5, replace=False))
+            out = np.full((12, L), -1, np.int32)
+            s.read_rows(out, rows, start)
+            assert np.array_equal(out[rows].reshape(-1), s.read(start, len(rows) * L))
+            assert (np.delete(out, rows, axis=0) == -1).all()  # other rows untouched
+
+
 def test_one_domain_batch_and_rank_rows_are_the_same_bytes(run_dir):
     corpus = Corpus(str(run_dir[0]))
     streams = [PackedStream(corpus, d, seed=0) for d in corpus.domains]

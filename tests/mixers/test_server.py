@@ -182,3 +182,20 @@ def test_works_through_a_dataloader_without_workers(serve):
     assert [b["step"] for b in got] == [0, 1] and tuple(got[0]["input_ids"].shape) == (8, 32)
     assert s.state_dict()["next_step"] == 2
     s.close()
+
+
+def test_batches_the_trainer_keeps_are_never_overwritten_by_later_ones(serve):
+    """The stream recycles the memory of batches the trainer has dropped, never of ones it keeps."""
+    srv = serve(MixerConfig(seq_len=32, global_batch=8, prefetch=4))
+    want = {t: toks for t, toks, _ in read_steps(srv.location, 0, 1, 0, 40)}
+    s = MixtureStream(srv.location, prefetch=2, max_steps=40)
+    kept, seen = [], set()
+    for b in s:
+        seen.add(b["input_ids"].data_ptr())
+        assert np.array_equal(b["input_ids"].numpy(), want[b["step"]]) and (b["labels"] == b["input_ids"]).all()
+        if b["step"] % 3 == 0:
+            kept.append((b["step"], b["input_ids"], b["labels"][2:]))  # a whole tensor and a view
+    for t, ids, tail in kept:
+        assert np.array_equal(ids.numpy(), want[t]) and np.array_equal(tail.numpy(), want[t][2:])
+    assert len(seen) < 40  # dropped batches' memory was reused
+    s.close()
