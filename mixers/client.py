@@ -309,7 +309,8 @@ class MixtureStream(IterableDataset):
             try:
                 client = self._connect()
                 self._check_instance(client, force=True)
-                ticket = {"kind": "train", "rank": self.rank, "world": self.world_size, "step": step}
+                # narrow: token ids in the server's own type (uint16 for vocabularies up to 64K), half the bytes
+                ticket = {"kind": "train", "rank": self.rank, "world": self.world_size, "step": step, "narrow": True}
                 if end is not None:
                     ticket["steps"] = end - step
                 reader = client.do_get(flight.Ticket(json.dumps(ticket).encode()), self._options(None))

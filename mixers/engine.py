@@ -542,6 +542,7 @@ class MixerEngine:
             "first_step": self.base,
             "train_tokens": self.train_tokens,
             "holdout_tokens": self.corpus.tokens(HOLDOUT),
+            "token_type": self.corpus.token_type.name,
             "started": self.started,
             "instance": self.instance,
         }

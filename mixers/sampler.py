@@ -185,7 +185,7 @@ class PackedStream:
         return self.corpus.gather(self.idx, units, perm)
 
     def window_tokens(self, epoch: int, w: int) -> np.ndarray:
-        """Window ``w`` of ``epoch``: its documents' tokens in serving order (int32)."""
+        """Window ``w`` of ``epoch``: its documents' tokens in serving order (the corpus's ``token_type``)."""
         key = (epoch, w)
         with self._lock:
             hit = self._windows.get(key)
@@ -211,8 +211,8 @@ class PackedStream:
                 self._pending[nxt] = self.executor.submit(self._load, *nxt)
 
     def read(self, start: int, n: int) -> np.ndarray:
-        """Tokens ``[start, start + n)`` of the infinite stream (int32)."""
-        out = np.empty(n, np.int32)
+        """Tokens ``[start, start + n)`` of the infinite stream (the corpus's ``token_type``)."""
+        out = np.empty(n, self.corpus.token_type)
         self.read_into(out, start)
         return out
 
@@ -270,21 +270,25 @@ class GlobalBatch:
     """
 
     step: int
-    tokens: np.ndarray  # int32 [global_batch, seq_len]
+    tokens: np.ndarray  # token_type (uint16 or int32) [global_batch, seq_len]
     domains: np.ndarray  # int16 [global_batch], index into the sorted domain list
     cursors: np.ndarray  # int64 [n_domains], each domain's next sequence index after this step
     token_buffer: pa.Buffer  # the memory behind ``tokens``
     domain_buffer: pa.Buffer  # the memory behind ``domains``
 
-    def rows(self, lo: int, hi: int) -> tuple[pa.FixedSizeListArray, pa.Array]:
-        """Rows ``[lo, hi)`` as Arrow arrays: ``input_ids`` fixed_size_list<int32>[seq_len], ``domain`` int16."""
-        L, n = self.tokens.shape[1], hi - lo
-        values = pa.Array.from_buffers(pa.int32(), n * L, [None, self.token_buffer.slice(lo * L * 4, n * L * 4)])
+    def rows(self, lo: int, hi: int, widen: bool = False) -> tuple[pa.FixedSizeListArray, pa.Array]:
+        """Rows ``[lo, hi)`` as Arrow arrays: ``input_ids`` fixed_size_list<token type>[seq_len] (a view of
+        the batch; ``widen``: a copy as int32), ``domain`` int16."""
+        L, n, size = self.tokens.shape[1], hi - lo, self.tokens.itemsize
+        vtype = pa.from_numpy_dtype(self.tokens.dtype)
+        values = pa.Array.from_buffers(vtype, n * L, [None, self.token_buffer.slice(lo * L * size, n * L * size)])
+        if widen and vtype != pa.int32():
+            values = values.cast(pa.int32())
         domains = pa.Array.from_buffers(pa.int16(), n, [None, self.domain_buffer.slice(lo * 2, n * 2)])
         return pa.FixedSizeListArray.from_arrays(values, L), domains
 
 
-def _arrow_backed(shape: tuple[int, ...], dtype: type) -> tuple[np.ndarray, pa.Buffer]:
+def _arrow_backed(shape: tuple[int, ...], dtype: np.dtype | type) -> tuple[np.ndarray, pa.Buffer]:
     """A writable numpy array over a fresh Arrow buffer."""
     buf = pa.allocate_buffer(int(np.prod(shape)) * np.dtype(dtype).itemsize)
     return np.frombuffer(buf, dtype).reshape(shape), buf
@@ -309,7 +313,7 @@ def build_batch(
         drawn = draw_domains(seed, step, global_batch, weights)
     ids, ids_buf = _arrow_backed((global_batch,), np.int16)
     ids[:] = drawn
-    out, out_buf = _arrow_backed((global_batch, seq_len), np.int32)
+    out, out_buf = _arrow_backed((global_batch, seq_len), streams[0].corpus.token_type)
     nxt = np.array(cursors, np.int64, copy=True)
     for k, stream in enumerate(streams):
         rows = np.flatnonzero(ids == k)

@@ -3,9 +3,10 @@
 Protocol (every ticket and action body is JSON):
 
 ``do_get`` tickets
-    ``{"kind": "train", "rank": r, "world": W, "step": s, "steps": n?}`` streams global
-    steps s, s+1, … (n of them, default unbounded): one record batch per step with rank
-    r's ``global_batch / W`` sequences — ``input_ids`` fixed_size_list<int32>[seq_len],
+    ``{"kind": "train", "rank": r, "world": W, "step": s, "steps": n?, "narrow": bool?}`` streams
+    global steps s, s+1, … (n of them, default unbounded): one record batch per step with rank
+    r's ``global_batch / W`` sequences — ``input_ids`` fixed_size_list<int32>[seq_len]
+    (with ``narrow``: of the server's token type, uint16 when every id fits, see ``info``),
     ``domain`` int16 (an index into the sorted domain list, which the schema metadata
     ``sluice.domains`` holds as JSON) — and app metadata ``{"step": t, "due": [...]?}``,
     ``due`` naming the measurements the algorithm needs after step t is trained
@@ -142,10 +143,10 @@ class MixerServer(flight.FlightServerBase):
         self.scheme = scheme
         d = engine.domains
         L = engine.config.seq_len
-        self.train_schema = pa.schema(
-            [("input_ids", pa.list_(pa.int32(), L)), ("domain", pa.int16())],
-            metadata={"sluice.domains": json.dumps(d)},
-        )
+        meta = {"sluice.domains": json.dumps(d)}
+        self.train_schema = pa.schema([("input_ids", pa.list_(pa.int32(), L)), ("domain", pa.int16())], metadata=meta)
+        narrow = pa.from_numpy_dtype(engine.corpus.token_type)
+        self.narrow_schema = pa.schema([("input_ids", pa.list_(narrow, L)), ("domain", pa.int16())], metadata=meta)
         self.eval_schema = self.train_schema.append(pa.field("n_valid", pa.int32()))
         self._log_every = log_every
         self._closed = threading.Event()
@@ -203,17 +204,21 @@ class MixerServer(flight.FlightServerBase):
 
     # ------------------------------------------------------------------ streams
     def _train_stream(self, context, body: dict) -> flight.GeneratorStream:
-        extra = sorted(set(body) - {"kind", "rank", "world", "step", "steps"})
+        extra = sorted(set(body) - {"kind", "rank", "world", "step", "steps", "narrow"})
         if extra:
             raise RequestError(f"train ticket: unknown field(s) {extra}")
         rank, world = _get_int(body, "rank", 0), _get_int(body, "world", 1, lo=1)
         start = _get_int(body, "step", 0)
         steps = None if body.get("steps") is None else _get_int(body, "steps", lo=1)
+        narrow = body.get("narrow", False)
+        if not isinstance(narrow, bool):
+            raise RequestError(f"train ticket: `narrow` must be true or false, got {narrow!r}")
         self.engine.register_world(rank, world)
         self.engine.check_step(start)
-        return flight.GeneratorStream(self.train_schema, self._train_batches(context, rank, world, start, steps))
+        schema = self.narrow_schema if narrow else self.train_schema
+        return flight.GeneratorStream(schema, self._train_batches(context, rank, world, start, steps, schema))
 
-    def _train_batches(self, context, rank: int, world: int, start: int, steps: int | None):
+    def _train_batches(self, context, rank: int, world: int, start: int, steps: int | None, schema: pa.Schema):
         eng = self.engine
         per = eng.config.global_batch // world
         lo, hi = rank * per, (rank + 1) * per
@@ -231,7 +236,7 @@ class MixerServer(flight.FlightServerBase):
                         b = eng.batch(t, rank, timeout=0.5)
                     except (RequestError, MixerFailed) as e:
                         raise flight.FlightServerError(str(e)) from None
-                rb = pa.RecordBatch.from_arrays(list(b.rows(lo, hi)), schema=self.train_schema)
+                rb = pa.RecordBatch.from_arrays(list(b.rows(lo, hi, widen=schema is self.train_schema)), schema=schema)
                 eng.served(rank, t, b.domains[lo:hi])
                 due = eng.due(t)
                 yield rb, json.dumps({"step": t, "due": due} if due else {"step": t}).encode()

@@ -15,6 +15,7 @@ from mixers.server import start_server
 
 EOS = 0
 DOCS = {"a": 240, "b": 160, "c": 80}
+SMALL_DOCS = {"a": 30, "b": 20, "c": 10}  # ids stay below 65,536: the corpus holds them as uint16
 
 
 def doc_tokens(gid: int, n: int) -> list[int]:
@@ -34,7 +35,9 @@ def decode(tokens) -> list[tuple[int, int]]:
     return out
 
 
-def make_run(root: Path, docs: dict[str, int] = DOCS, parts: int = 2, row_group: int = 16, seed: int = 0) -> dict:
+def make_run(
+    root: Path, docs: dict[str, int] = DOCS, parts: int = 2, row_group: int = 16, seed: int = 0, statistics: bool = True
+) -> dict:
     """Write ``shards/domain=<d>/part-NNNNN.parquet`` (small row groups force many units); return the truth."""
     rng = np.random.default_rng(seed)
     gid = 0
@@ -63,7 +66,10 @@ def make_run(root: Path, docs: dict[str, int] = DOCS, parts: int = 2, row_group:
                 }
             )
             pq.write_table(
-                table, root / "shards" / f"domain={d}" / f"part-{part:05d}.parquet", row_group_size=row_group
+                table,
+                root / "shards" / f"domain={d}" / f"part-{part:05d}.parquet",
+                row_group_size=row_group,
+                write_statistics=statistics,
             )
     return truth
 
@@ -73,6 +79,19 @@ def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("mixrun")
     truth = make_run(root)
     return root, truth
+
+
+@pytest.fixture(scope="session")
+def small_run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mixrun-small")
+    truth = make_run(root, SMALL_DOCS, row_group=4)
+    return root, truth
+
+
+@pytest.fixture(params=["int32", "uint16"])
+def any_run_dir(request, run_dir, small_run_dir):
+    """Both token types the corpus holds ids in: int32 (ids up to 480,090) and uint16."""
+    return run_dir if request.param == "int32" else small_run_dir
 
 
 @pytest.fixture

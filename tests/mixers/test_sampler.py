@@ -5,7 +5,7 @@ import pytest
 
 from mixers.corpus import Corpus
 from mixers.sampler import PackedStream, build_batch, draw_domains, pack_holdout, permutation
-from tests.mixers.conftest import EOS, decode
+from tests.mixers.conftest import EOS, SMALL_DOCS, decode, make_run
 
 
 def test_draws_are_a_pure_function_of_seed_step_slot():
@@ -37,8 +37,8 @@ def _stream_docs(tokens: np.ndarray) -> list[int]:
     return [doc for doc, pos in decode(tokens) if pos == -1]
 
 
-def test_each_epoch_serves_every_train_document_once_whole_and_in_a_new_order(run_dir):
-    root, truth = run_dir
+def test_each_epoch_serves_every_train_document_once_whole_and_in_a_new_order(any_run_dir):
+    root, truth = any_run_dir
     corpus = Corpus(str(root))
     for d in corpus.domains:
         s = PackedStream(corpus, d, seed=3, window=2)
@@ -55,8 +55,8 @@ def test_each_epoch_serves_every_train_document_once_whole_and_in_a_new_order(ru
         assert ep[-1] == EOS
 
 
-def test_seeking_anywhere_equals_reading_sequentially(run_dir):
-    root, _ = run_dir
+def test_seeking_anywhere_equals_reading_sequentially(any_run_dir):
+    root, _ = any_run_dir
     corpus = Corpus(str(root))
     seq = PackedStream(corpus, "b", seed=1, window=3)
     ref = seq.read(0, 3 * seq.epoch_tokens + 17)
@@ -75,8 +75,8 @@ def test_other_seed_other_order(run_dir):
     assert not np.array_equal(a, b)
 
 
-def test_build_batch_fills_slots_from_cursors(run_dir):
-    corpus = Corpus(str(run_dir[0]))
+def test_build_batch_fills_slots_from_cursors(any_run_dir):
+    corpus = Corpus(str(any_run_dir[0]))
     streams = [PackedStream(corpus, d, seed=0) for d in corpus.domains]
     w = np.array([0.5, 0.25, 0.25])
     L = 16
@@ -91,8 +91,8 @@ def test_build_batch_fills_slots_from_cursors(run_dir):
         assert np.array_equal(b.tokens[rows], want)
 
 
-def test_read_rows_writes_each_row_straight_from_the_windows(run_dir):
-    corpus = Corpus(str(run_dir[0]))
+def test_read_rows_writes_each_row_straight_from_the_windows(any_run_dir):
+    corpus = Corpus(str(any_run_dir[0]))
     s = PackedStream(corpus, "b", seed=2, window=1)
     win = len(s.window_tokens(0, 0))
     rng = np.random.default_rng(1)
@@ -142,3 +142,30 @@ def test_corpus_refuses_untokenized_shards(tmp_path):
         Corpus(str(tmp_path))
     with pytest.raises(FileNotFoundError, match=r"no readable shards/ directory|no shards"):
         Corpus(str(tmp_path / "nowhere"))
+
+
+def test_token_type_is_uint16_only_when_the_statistics_prove_every_id_fits(run_dir, small_run_dir, tmp_path):
+    small = Corpus(str(small_run_dir[0]))
+    assert small.token_type == np.uint16 and Corpus(str(run_dir[0])).token_type == np.int32
+    s = PackedStream(small, "a", seed=0)
+    toks = s.read(0, s.epoch_tokens)
+    assert toks.dtype == np.uint16 and sorted(_stream_docs(toks)) == sorted(small_run_dir[1]["train"]["a"])
+    make_run(tmp_path, SMALL_DOCS, statistics=False)  # no statistics: no proof, int32
+    assert Corpus(str(tmp_path)).token_type == np.int32
+
+
+def test_an_id_outside_the_narrow_type_is_an_error_not_a_wrapped_token(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    make_run(tmp_path, SMALL_DOCS, parts=1)
+    corpus = Corpus(str(tmp_path))
+    assert corpus.token_type == np.uint16
+    path = tmp_path / "shards" / "domain=c" / "part-00000.parquet"
+    t = pq.read_table(path)  # rewritten after indexing: same lengths, one id too large for uint16
+    bad = t["tokens"].to_pylist()
+    bad[0][0] = 70000
+    t = t.set_column(t.schema.get_field_index("tokens"), "tokens", pa.array(bad, pa.list_(pa.int32())))
+    pq.write_table(t, path, row_group_size=16)
+    with pytest.raises(pa.ArrowInvalid, match="70000 not in range"):
+        PackedStream(corpus, "c", seed=0, window=8).read(0, 10)

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pyarrow.flight as flight
 import pytest
+import torch
 
 from mixers.client import MixtureStream
 from mixers.engine import MixerConfig
@@ -199,3 +200,32 @@ def test_batches_the_trainer_keeps_are_never_overwritten_by_later_ones(serve):
         assert np.array_equal(ids.numpy(), want[t]) and np.array_equal(tail.numpy(), want[t][2:])
     assert len(seen) < 40  # dropped batches' memory was reused
     s.close()
+
+
+def test_narrow_streams_carry_the_same_ids_in_half_the_bytes(small_run_dir):
+    """On a corpus whose ids fit uint16, a `narrow` ticket gets them as uint16; the default stays int32."""
+    from mixers.server import start_server
+
+    srv = start_server(str(small_run_dir[0]), MixerConfig(seq_len=16, global_batch=8, prefetch=4), log_every=0)
+    try:
+        assert _action(srv.location, "info")["token_type"] == "uint16"
+        wide = read_steps(srv.location, 1, 2, 0, 6)
+        c = flight.connect(srv.location)
+        ticket = {"kind": "train", "rank": 1, "world": 2, "step": 0, "steps": 6, "narrow": True}
+        table = c.do_get(flight.Ticket(json.dumps(ticket).encode())).read_all()
+        c.close()
+        assert table.schema.field("input_ids").type.value_type == "uint16"
+        assert all(t.dtype == np.int32 for _, t, _ in wide)
+        narrow = table.column("input_ids").combine_chunks().flatten().to_numpy().reshape(-1, 16)
+        assert np.array_equal(narrow, np.concatenate([t for _, t, _ in wide]))
+        s = MixtureStream(srv.location, rank=1, world_size=2, max_steps=6)  # asks for narrow ids
+        got = [b["input_ids"] for b in s]
+        s.close()
+        assert all(g.dtype == torch.int64 for g in got)
+        assert np.array_equal(torch.cat(got).numpy(), np.concatenate([t for _, t, _ in wide]))
+        c = flight.connect(srv.location)
+        with pytest.raises(flight.FlightServerError, match="`narrow` must be true or false"):
+            c.do_get(flight.Ticket(json.dumps({**ticket, "narrow": "yes"}).encode())).read_all()
+        c.close()
+    finally:
+        srv.close()
