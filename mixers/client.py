@@ -49,9 +49,9 @@ class RecycledArrays:
     A tensor made by ``torch.from_numpy`` keeps its array alive until the tensor and every
     view of it are gone, so an array that only this pool references is free to overwrite.
     Reusing it spares the allocator: batch-sized arrays freed and allocated every step are
-    returned to the kernel and faulted back in page by page, which cost the client more
-    CPU than receiving the batch. When every pooled array of a shape is in use (the trainer
-    keeps batches) and the pool is full, a fresh, unpooled array is returned.
+    returned to the kernel and faulted back in page by page, which in the mixer benchmark
+    took a large share of a client's CPU. When every pooled array of a shape is in use (the
+    trainer keeps batches) and the pool is full, a fresh, unpooled array is returned.
 
     Args:
         capacity: arrays kept; enough for the prefetch queue plus the batches the trainer holds.
