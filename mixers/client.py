@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 RETRYABLE = (flight.FlightUnavailableError, flight.FlightTimedOutError, flight.FlightCancelledError, ConnectionError)
 _END = object()
 STATE_VERSION = 1
+GROUP_TOKENS = 1 << 17  # tokens a train message aims for when the stream groups steps
 
 
 class RecycledArrays:
@@ -124,7 +125,11 @@ class MixtureStream(IterableDataset):
         world_size: number of ranks; must divide the server's global batch.
         token: bearer token if the server requires one.
         tls_root_certs: PEM bytes (or a path) of the CA that signed the server's certificate.
-        prefetch: batches buffered ahead of the trainer.
+        prefetch: messages buffered ahead of the trainer (a message holds up to ``group`` steps).
+        group: steps a message may carry (the server adds the following steps only when they
+            are ready, so feedback-driven mixers never wait on it). None: enough steps for about
+            128K tokens a message, at most ``prefetch`` — per-message costs dominate when a rank's
+            share of a step is small.
         start_step: first global step (``load_state_dict`` sets it).
         max_steps: stop after this many steps (None: never).
         reconnect_timeout: seconds to keep retrying an unreachable server before raising.
@@ -140,6 +145,7 @@ class MixtureStream(IterableDataset):
         token: str | None = None,
         tls_root_certs: bytes | str | None = None,
         prefetch: int = 4,
+        group: int | None = None,
         start_step: int = 0,
         max_steps: int | None = None,
         reconnect_timeout: float = 300.0,
@@ -148,6 +154,8 @@ class MixtureStream(IterableDataset):
         super().__init__()
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} must be in [0, world_size={world_size})")
+        if group is not None and group < 1:
+            raise ValueError(f"group must be >= 1, got {group}")
         if prefetch < 1:
             raise ValueError(f"prefetch must be >= 1, got {prefetch}")
         self.location = location
@@ -158,6 +166,7 @@ class MixtureStream(IterableDataset):
                 tls_root_certs = f.read()
         self._tls = tls_root_certs
         self.prefetch = prefetch
+        self.group = group
         self.max_steps = max_steps
         self.reconnect_timeout = reconnect_timeout
         self.call_timeout = call_timeout
@@ -268,8 +277,9 @@ class MixtureStream(IterableDataset):
                     return
                 if isinstance(item, BaseException):
                     raise item
-                self._next_step = item["step"] + 1
-                yield item
+                for batch in item:  # the steps of one message
+                    self._next_step = batch["step"] + 1
+                    yield batch
         finally:
             self._stop_reader()
 
@@ -309,8 +319,10 @@ class MixtureStream(IterableDataset):
             try:
                 client = self._connect()
                 self._check_instance(client, force=True)
+                group = self._group()
                 # narrow: token ids in the server's own type (uint16 for vocabularies up to 64K), half the bytes
                 ticket = {"kind": "train", "rank": self.rank, "world": self.world_size, "step": step, "narrow": True}
+                ticket["group"] = group
                 if end is not None:
                     ticket["steps"] = end - step
                 reader = client.do_get(flight.Ticket(json.dumps(ticket).encode()), self._options(None))
@@ -323,11 +335,10 @@ class MixtureStream(IterableDataset):
                     meta = json.loads(chunk.app_metadata.to_pybytes())
                     if meta["step"] != step:
                         raise RuntimeError(f"mixer sent step {meta['step']}, expected {step}")
-                    item = self._convert(chunk.data, step, self._arrays)
-                    item["due"] = meta.get("due", [])
-                    if not self._put(q, item):
+                    items = self._split(chunk.data, step, meta)
+                    if not self._put(q, items):
                         return
-                    step += 1
+                    step += len(items)
                     delay, failing_since = 0.05, None
                 if end is not None and step >= end:
                     break
@@ -351,6 +362,33 @@ class MixtureStream(IterableDataset):
             finally:
                 self._reader = None
         self._put(q, _END)
+
+    def _group(self) -> int:
+        """Steps per message: ``group``, or enough for ~128K tokens (at most ``prefetch``)."""
+        if self.group is not None:
+            n = self.group
+        else:
+            per_step = self.info["global_batch"] // self.world_size * self.info["seq_len"]
+            n = max(1, min(self.prefetch, GROUP_TOKENS // max(1, per_step)))
+        self._arrays.capacity = 2 * (self.prefetch * n + 4)
+        return n
+
+    def _split(self, data: pa.RecordBatch, step: int, meta: dict[str, Any]) -> list[dict[str, Any]]:
+        """A message's steps as batches: ``meta["steps"]`` equal slices of its rows, one after the other."""
+        n = int(meta.get("steps", 1))
+        if n < 1 or data.num_rows % n:
+            raise RuntimeError(f"mixer sent {data.num_rows} rows for {n} steps")
+        whole, due = self._convert(data, step, self._arrays), meta.get("due")
+        if n == 1:
+            whole["due"] = due or []
+            return [whole]
+        per, items = data.num_rows // n, []
+        for i in range(n):  # views of the message's tensors: its arrays are recycled once all are dropped
+            rows = slice(i * per, (i + 1) * per)
+            item = {k: whole[k][rows] for k in ("input_ids", "labels", "domain")}
+            item["step"], item["due"] = step + i, (due or {}).get(str(step + i), [])
+            items.append(item)
+        return items
 
     @staticmethod
     def _convert(data: pa.RecordBatch, step: int, pool: RecycledArrays | None = None) -> dict[str, Any]:

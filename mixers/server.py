@@ -3,15 +3,20 @@
 Protocol (every ticket and action body is JSON):
 
 ``do_get`` tickets
-    ``{"kind": "train", "rank": r, "world": W, "step": s, "steps": n?, "narrow": bool?}`` streams
-    global steps s, s+1, … (n of them, default unbounded): one record batch per step with rank
-    r's ``global_batch / W`` sequences — ``input_ids`` fixed_size_list<int32>[seq_len]
+    ``{"kind": "train", "rank": r, "world": W, "step": s, "steps": n?, "narrow": bool?, "group": k?}``
+    streams global steps s, s+1, … (n of them, default unbounded): one record batch per step with
+    rank r's ``global_batch / W`` sequences — ``input_ids`` fixed_size_list<int32>[seq_len]
     (with ``narrow``: of the server's token type, uint16 when every id fits, see ``info``),
     ``domain`` int16 (an index into the sorted domain list, which the schema metadata
     ``sluice.domains`` holds as JSON) — and app metadata ``{"step": t, "due": [...]?}``,
     ``due`` naming the measurements the algorithm needs after step t is trained
     (``report_eval``, ``report_alignment``). Rank r gets rows ``[r·B/W, (r+1)·B/W)`` of
-    the global batch, so ranks are disjoint and together form it.
+    the global batch, so ranks are disjoint and together form it. With ``group`` k > 1 a
+    record batch carries up to k consecutive steps, their rows one step after the other: the
+    first step is waited for, the others are added only if already made (so a message never
+    waits for a step whose feedback the trainer could only send after receiving it); its
+    metadata is ``{"step": t, "steps": m, "due": {"t+i": [...]}?}``. Fewer, larger messages cost
+    both sides less per token when a rank's share of a step is small.
 
     ``{"kind": "eval", "domain": d, "max_sequences": n?, "batch_size": b?}`` streams the
     domain's held-out documents (``split = holdout``) in shard order, packed, in batches
@@ -59,6 +64,7 @@ ACTIONS = {
     "info": "domains, seq_len, global_batch, seed, mixer, world",
 }
 DEFAULT_EVAL_SEQUENCES = 64
+MAX_GROUP = 64  # steps a train message may carry
 
 
 def is_loopback(host: str) -> bool:
@@ -204,7 +210,7 @@ class MixerServer(flight.FlightServerBase):
 
     # ------------------------------------------------------------------ streams
     def _train_stream(self, context, body: dict) -> flight.GeneratorStream:
-        extra = sorted(set(body) - {"kind", "rank", "world", "step", "steps", "narrow"})
+        extra = sorted(set(body) - {"kind", "rank", "world", "step", "steps", "narrow", "group"})
         if extra:
             raise RequestError(f"train ticket: unknown field(s) {extra}")
         rank, world = _get_int(body, "rank", 0), _get_int(body, "world", 1, lo=1)
@@ -213,15 +219,22 @@ class MixerServer(flight.FlightServerBase):
         narrow = body.get("narrow", False)
         if not isinstance(narrow, bool):
             raise RequestError(f"train ticket: `narrow` must be true or false, got {narrow!r}")
+        group = _get_int(body, "group", 1, lo=1)
+        if group > MAX_GROUP:
+            raise RequestError(f"train ticket: `group` must be at most {MAX_GROUP}, got {group}")
         self.engine.register_world(rank, world)
         self.engine.check_step(start)
         schema = self.narrow_schema if narrow else self.train_schema
-        return flight.GeneratorStream(schema, self._train_batches(context, rank, world, start, steps, schema))
+        batches = self._train_batches(context, rank, world, start, steps, schema, group)
+        return flight.GeneratorStream(schema, batches)
 
-    def _train_batches(self, context, rank: int, world: int, start: int, steps: int | None, schema: pa.Schema):
+    def _train_batches(
+        self, context, rank: int, world: int, start: int, steps: int | None, schema: pa.Schema, group: int = 1
+    ):
         eng = self.engine
         per = eng.config.global_batch // world
         lo, hi = rank * per, (rank + 1) * per
+        widen = schema is self.train_schema
         eng.stream_opened(rank)
         try:
             t = start
@@ -236,11 +249,37 @@ class MixerServer(flight.FlightServerBase):
                         b = eng.batch(t, rank, timeout=0.5)
                     except (RequestError, MixerFailed) as e:
                         raise flight.FlightServerError(str(e)) from None
-                rb = pa.RecordBatch.from_arrays(list(b.rows(lo, hi, widen=schema is self.train_schema)), schema=schema)
-                eng.served(rank, t, b.domains[lo:hi])
-                due = eng.due(t)
-                yield rb, json.dumps({"step": t, "due": due} if due else {"step": t}).encode()
-                t += 1
+                parts = [b]
+                room = group if steps is None else min(group, start + steps - t)
+                while len(parts) < room:  # the following steps only if they are made already
+                    try:
+                        nb = eng.batch(t + len(parts), rank, timeout=0.0)
+                    except (RequestError, MixerFailed):
+                        nb = None  # the next message reports it
+                    if nb is None:
+                        break
+                    parts.append(nb)
+                arrays = [p.rows(lo, hi, widen) for p in parts]
+                if len(parts) == 1:
+                    rb = pa.RecordBatch.from_arrays(list(arrays[0]), schema=schema)
+                else:
+                    cols = [pa.concat_arrays([a[c] for a in arrays]) for c in (0, 1)]
+                    rb = pa.RecordBatch.from_arrays(cols, schema=schema)
+                meta: dict[str, Any] = {"step": t}
+                dues = {}
+                for i, p in enumerate(parts):
+                    eng.served(rank, t + i, p.domains[lo:hi])
+                    due = eng.due(t + i)
+                    if due:
+                        dues[t + i] = due
+                if len(parts) > 1:
+                    meta["steps"] = len(parts)
+                    if dues:
+                        meta["due"] = {str(k): v for k, v in dues.items()}
+                elif dues:
+                    meta["due"] = dues[t]
+                yield rb, json.dumps(meta).encode()
+                t += len(parts)
         finally:
             eng.stream_closed(rank)
 

@@ -28,8 +28,8 @@ def fake_eval(step: int, domains: list[str]) -> dict[str, float]:
     return {d: 6.0 - 0.05 * step * (3 - i) for i, d in enumerate(domains)}
 
 
-def train(location: str, steps: int, state=None) -> tuple[list, MixtureStream]:
-    s = MixtureStream(location, prefetch=2, reconnect_timeout=30)
+def train(location: str, steps: int, state=None, group: int | None = None) -> tuple[list, MixtureStream]:
+    s = MixtureStream(location, prefetch=2, reconnect_timeout=30, group=group)
     if state is not None:
         s.load_state_dict(state)
     got = []
@@ -155,3 +155,16 @@ def test_sequence_and_held_out_losses_skip_ignored_positions():
     torch.nn.init.zeros_(model.out.bias)
     batch = {"input_ids": torch.tensor([[1, 2, 3], [4, 5, 6]]), "labels": torch.tensor([[1, 2, 3], [4, -100, -100]])}
     assert held_out_losses(model, {"d": [batch]}) == pytest.approx({"d": float(np.log(10))})
+
+
+def test_grouped_messages_never_wait_for_steps_that_need_the_trainers_feedback(serve):
+    """Messages of up to 5 steps with a feedback lag of 2: the server adds only the steps already made,
+    so the trainer's evals keep the mixer going, and every step, weight and `due` is as with one step a message."""
+    one, s1 = train(serve(AIOLI).location, N_STEPS, group=1)
+    five, s5 = train(serve(AIOLI).location, N_STEPS, group=5)
+    assert [g[0] for g in five] == list(range(N_STEPS))
+    for a, b in zip(one, five, strict=True):
+        assert a[0] == b[0] and np.array_equal(a[1], b[1]) and np.array_equal(a[2], b[2]) and a[3] == b[3]
+    assert s1.state_dict()["server"]["schedule"] == s5.state_dict()["server"]["schedule"]
+    s1.close()
+    s5.close()

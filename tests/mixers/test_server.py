@@ -229,3 +229,27 @@ def test_narrow_streams_carry_the_same_ids_in_half_the_bytes(small_run_dir):
         c.close()
     finally:
         srv.close()
+
+
+def test_a_grouped_stream_carries_the_same_steps_in_fewer_messages(serve):
+    srv = serve(MixerConfig(seq_len=16, global_batch=8, prefetch=4))
+    one = read_steps(srv.location, 1, 2, 0, 10)  # the steps exist now: grouped reads get them at once
+    c = flight.connect(srv.location)
+    ticket = {"kind": "train", "rank": 1, "world": 2, "step": 0, "steps": 10, "group": 4}
+    reader = c.do_get(flight.Ticket(json.dumps(ticket).encode()))
+    sizes, rows = [], []
+    for chunk in reader:
+        meta = json.loads(chunk.app_metadata.to_pybytes())
+        assert meta["step"] == sum(sizes)
+        sizes.append(meta.get("steps", 1))
+        rows.append(chunk.data.column("input_ids").flatten().to_numpy().reshape(-1, 16))
+    assert sizes == [4, 4, 2]  # the last message stops at `steps`
+    assert np.array_equal(np.concatenate(rows), np.concatenate([t for _, t, _ in one]))
+    with pytest.raises(flight.FlightServerError, match="`group` must be at most 64"):
+        c.do_get(flight.Ticket(json.dumps({**ticket, "group": 65}).encode())).read_all()
+    c.close()
+    s = MixtureStream(srv.location, rank=1, world_size=2, max_steps=10, group=3)
+    got = list(s)
+    s.close()
+    assert [b["step"] for b in got] == list(range(10))
+    assert np.array_equal(torch.cat([b["input_ids"] for b in got]).numpy(), np.concatenate([t for _, t, _ in one]))
