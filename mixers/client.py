@@ -63,22 +63,26 @@ class RecycledArrays:
         self._arrays: list[np.ndarray] = []
         # what a free pooled array reads as on this interpreter (the same expression as the checks)
         self._free_refs = _refs([np.empty(0)], 0)
+        self._rows = 0
 
     def take(self, shape: tuple[int, ...]) -> np.ndarray:
-        """An int64 array of ``shape`` that nothing else references (contents undefined)."""
-        arrays = self._arrays
+        """An int64 array of ``shape`` that nothing else references (contents undefined): a pooled
+        array with at least ``shape[0]`` rows, or the first rows of one (the view holds it)."""
+        arrays, rows = self._arrays, shape[0]
         for i in range(len(arrays)):
-            if arrays[i].shape == shape and _refs(arrays, i) == self._free_refs:  # any tensor adds one
-                return arrays[i]
-        out = np.empty(shape, np.int64)
+            if arrays[i].shape[1:] == shape[1:] and arrays[i].shape[0] >= rows and _refs(arrays, i) == self._free_refs:
+                return arrays[i] if arrays[i].shape[0] == rows else arrays[i][:rows]
+        # messages of a grouped stream vary in rows: pool arrays as large as the largest seen
+        self._rows = max(self._rows, rows)
+        out = np.empty((self._rows, *shape[1:]), np.int64)
         if len(arrays) < self.capacity:
             arrays.append(out)
-        elif arrays:  # make room for the current shape: drop one that is free, if any
+        elif arrays:  # make room: replace one that is free, if any
             for i in range(len(arrays)):
                 if _refs(arrays, i) == self._free_refs:
                     arrays[i] = out
                     break
-        return out
+        return out if self._rows == rows else out[:rows]
 
 
 def _refs(arrays: list[np.ndarray], i: int) -> int:

@@ -44,3 +44,17 @@ def test_without_a_pool_every_call_allocates():
     toks = np.arange(6, dtype=np.int32).reshape(2, 3)
     ids, labels = train_tensors(toks)
     assert ids.dtype == torch.int64 and ids.data_ptr() != labels.data_ptr() and ids.tolist() == toks.tolist()
+
+
+def test_messages_of_varying_rows_share_pooled_arrays_as_views():
+    """A grouped stream's messages hold 1..k steps: smaller ones take the first rows of a larger array."""
+    pool = RecycledArrays(capacity=4)
+    big = np.arange(8 * 3, dtype=np.uint16).reshape(8, 3)
+    a, b = train_tensors(big, pool)
+    ptrs = {a.data_ptr(), b.data_ptr()}
+    del a, b
+    c, d = train_tensors(big[:2] + 1, pool)  # two rows: views of the freed 8-row arrays
+    assert {c.data_ptr(), d.data_ptr()} == ptrs and tuple(c.shape) == (2, 3)
+    e, _ = train_tensors(big[:5], pool)  # the 8-row arrays are held through the views: not reused
+    assert e.data_ptr() not in ptrs and tuple(e.shape) == (5, 3)
+    assert c.tolist() == (big[:2] + 1).tolist() and d.tolist() == c.tolist() and e.tolist() == big[:5].tolist()
