@@ -52,6 +52,7 @@ import pyarrow.flight as flight
 from mixers.base import FEEDBACK_KINDS
 from mixers.engine import MixerConfig, MixerEngine, MixerFailed, RequestError
 from mixers.feedback import FeedbackError
+from mixers.sampler import GlobalBatch
 
 logger = logging.getLogger(__name__)
 
@@ -234,7 +235,6 @@ class MixerServer(flight.FlightServerBase):
         eng = self.engine
         per = eng.config.global_batch // world
         lo, hi = rank * per, (rank + 1) * per
-        widen = schema is self.train_schema
         eng.stream_opened(rank)
         try:
             t = start
@@ -259,29 +259,35 @@ class MixerServer(flight.FlightServerBase):
                     if nb is None:
                         break
                     parts.append(nb)
-                arrays = [p.rows(lo, hi, widen) for p in parts]
-                if len(parts) == 1:
-                    rb = pa.RecordBatch.from_arrays(list(arrays[0]), schema=schema)
-                else:
-                    cols = [pa.concat_arrays([a[c] for a in arrays]) for c in (0, 1)]
-                    rb = pa.RecordBatch.from_arrays(cols, schema=schema)
-                meta: dict[str, Any] = {"step": t}
-                dues = {}
-                for i, p in enumerate(parts):
-                    eng.served(rank, t + i, p.domains[lo:hi])
-                    due = eng.due(t + i)
-                    if due:
-                        dues[t + i] = due
-                if len(parts) > 1:
-                    meta["steps"] = len(parts)
-                    if dues:
-                        meta["due"] = {str(k): v for k, v in dues.items()}
-                elif dues:
-                    meta["due"] = dues[t]
-                yield rb, json.dumps(meta).encode()
+                yield self._train_message(parts, t, rank, lo, hi, schema)
                 t += len(parts)
         finally:
             eng.stream_closed(rank)
+
+    def _train_message(
+        self, parts: list[GlobalBatch], t: int, rank: int, lo: int, hi: int, schema: pa.Schema
+    ) -> tuple[pa.RecordBatch, bytes]:
+        """Rows ``[lo, hi)`` of steps ``t, t+1, …`` (one per part) as one record batch and its metadata;
+        the steps count as served to ``rank``."""
+        eng, widen = self.engine, schema is self.train_schema
+        arrays = [p.rows(lo, hi, widen) for p in parts]
+        if len(parts) == 1:
+            rb = pa.RecordBatch.from_arrays(list(arrays[0]), schema=schema)
+        else:
+            rb = pa.RecordBatch.from_arrays([pa.concat_arrays([a[c] for a in arrays]) for c in (0, 1)], schema=schema)
+        dues = {}
+        for i, p in enumerate(parts):
+            eng.served(rank, t + i, p.domains[lo:hi])
+            if due := eng.due(t + i):
+                dues[t + i] = due
+        meta: dict[str, Any] = {"step": t}
+        if len(parts) > 1:
+            meta["steps"] = len(parts)
+            if dues:
+                meta["due"] = {str(k): v for k, v in dues.items()}
+        elif dues:
+            meta["due"] = dues[t]
+        return rb, json.dumps(meta).encode()
 
     def _eval_stream(self, body: dict) -> flight.GeneratorStream:
         extra = sorted(set(body) - {"kind", "domain", "max_sequences", "batch_size"})
