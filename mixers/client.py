@@ -51,8 +51,10 @@ class RecycledArrays:
     view of it are gone, so an array that only this pool references is free to overwrite.
     Reusing it spares the allocator: batch-sized arrays freed and allocated every step are
     returned to the kernel and faulted back in page by page, which in the mixer benchmark
-    took a large share of a client's CPU. When every pooled array of a shape is in use (the
-    trainer keeps batches) and the pool is full, a fresh, unpooled array is returned.
+    took a large share of a client's CPU. A request smaller than a free pooled array gets a
+    view of its first rows (messages of a grouped stream vary in steps). When every fitting
+    array is in use (the trainer keeps batches) and the pool is full, a fresh, unpooled array
+    is returned.
 
     Args:
         capacity: arrays kept; enough for the prefetch queue plus the batches the trainer holds.
@@ -186,8 +188,7 @@ class MixtureStream(IterableDataset):
         self._stop = threading.Event()
         self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
         self._reader: flight.FlightStreamReader | None = None
-        # two arrays per batch: the queue, the one being filled, and a few the trainer still holds
-        self._arrays = RecycledArrays(2 * (prefetch + 4))
+        self._arrays = RecycledArrays(2 * (prefetch + 4))  # resized to the group by `_group`
 
     # ------------------------------------------------------------------ connection
     def _options(self, timeout: float | None) -> flight.FlightCallOptions:
@@ -368,7 +369,9 @@ class MixtureStream(IterableDataset):
         self._put(q, _END)
 
     def _group(self) -> int:
-        """Steps per message: ``group``, or enough for ~128K tokens (at most ``prefetch``)."""
+        """Steps per message: ``group``, or enough for ~128K tokens (at most ``prefetch``). Sizes the array
+        pool to two arrays per step buffered (the queue's messages, the one being filled) plus a few
+        batches the trainer still holds."""
         if self.group is not None:
             n = self.group
         else:
