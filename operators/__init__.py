@@ -7,6 +7,7 @@ FAMILIES = (
     "normalize",
     "heuristics",
     "dedup",
+    "ids",
     "minhash",
     "faults",
     "tokenize",

@@ -32,12 +32,15 @@ class Format(str, Enum):
 def curate(
     recipe: Path = typer.Argument(..., help="Recipe YAML (see pipelines/recipes/)."),
     out: str | None = typer.Option(None, "-o", "--out", help="Run directory; default: the recipe's output.dir."),
-    fresh: bool = typer.Option(False, "--fresh", help="Ignore checkpoints and start over."),
+    fresh: bool = typer.Option(
+        False, "--fresh", help="Start over: delete what Sluice wrote in the run directory (nothing else)."
+    ),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Log more."),
 ) -> None:
     """Run RECIPE on Ray Data (local, or the cluster at $RAY_ADDRESS) into Parquet shards."""
     from pipelines.recipe import RecipeError, load_recipe
-    from pipelines.runner import ConservationError, run
+    from pipelines.runner import ConservationError, InputError, run
+    from storage.run import RunLockedError, UnsafePathError
 
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
@@ -52,6 +55,12 @@ def curate(
         manifest = run(r, out, fresh=fresh, recipe_text=recipe.read_text())
     except ConservationError as e:
         err.print(f"[red]conservation check failed:[/red] {e}")
+        raise typer.Exit(1) from None
+    except (UnsafePathError, RunLockedError) as e:
+        err.print(f"[red]refused:[/red] {e}", highlight=False)
+        raise typer.Exit(2) from None
+    except InputError as e:
+        err.print(f"[red]input error:[/red] {e}", highlight=False)
         raise typer.Exit(1) from None
     except OSError as e:
         err.print(f"[red]error:[/red] {e}")
@@ -134,15 +143,23 @@ def inspect(
     sql: str | None = typer.Argument(None, help="SQL over the views docs, removed, shards, stages; omit for a prompt."),
     fmt: Format = typer.Option(Format.table, "--format", "-f", help="Output format."),
 ) -> None:
-    """Query a run with DuckDB SQL. Views: docs (kept), removed, shards, stages."""
+    """Query a run with DuckDB SQL. Views: docs (kept), removed, shards, stages.
+
+    The SQL is full DuckDB SQL run with your permissions: it can read and write files
+    (COPY … TO, read_csv …). To run untrusted text, use `sluice select --where`, which
+    accepts one read-only expression.
+    """
     import duckdb
 
     from storage.views import connect
 
+    if not Path(out).is_dir() and "://" not in out:
+        err.print(f"[red]error:[/red] {out!r} is not a run directory (expected a directory with manifest.json)")
+        raise typer.Exit(1)
     try:
         con = connect(out)
-    except FileNotFoundError as e:
-        err.print(f"[red]error:[/red] {e}")
+    except (OSError, ValueError, duckdb.Error) as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False)
         raise typer.Exit(1) from None
     queries = [sql] if sql is not None else None
     if queries is None:
@@ -186,9 +203,13 @@ def report(
 ) -> None:
     """Write one self-contained HTML report of a run: funnel, domains, scores, dedup, removed samples."""
     from pipelines.report import write_report
+    from storage.run import RunLockedError, UnsafePathError
 
     try:
         path = write_report(out, dest)
+    except (UnsafePathError, RunLockedError) as e:
+        err.print(f"[red]refused:[/red] {e}", highlight=False)
+        raise typer.Exit(2) from None
     except OSError as e:  # a missing manifest is a FileNotFoundError
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1) from None

@@ -52,9 +52,21 @@ def _distributions() -> list[metadata.Distribution]:
     return [seen[k] for k in sorted(seen)]
 
 
+DEMO_MARKER = ".sluice-demo"
+
+
 def build(dest: str | Path, max_code: int = 400) -> dict[str, int]:
     """Write the demo corpus under ``dest``; return document counts per part."""
     dest = Path(dest)
+    marker = dest / DEMO_MARKER
+    ours = marker.exists()
+    for sub in ("code", "docs", "legal"):
+        if (dest / sub).exists() and not ours:
+            raise FileExistsError(
+                f"{dest / sub} exists and was not written by `sluice demo-data`; choose another directory"
+            )
+    dest.mkdir(parents=True, exist_ok=True)
+    marker.write_text("written by `sluice demo-data`; it replaces code/, docs/ and legal/ here\n")
     for sub in ("code", "docs", "legal"):
         shutil.rmtree(dest / sub, ignore_errors=True)
         (dest / sub).mkdir(parents=True, exist_ok=True)

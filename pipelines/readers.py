@@ -3,7 +3,13 @@
 Every record becomes a row of ``storage.schema.READ_SCHEMA``. Malformed records are not
 dropped: they become rows with ``stage="input"``, a ``reason`` (``input_bad_json``,
 ``input_bad_utf8``, ``input_not_object``, ``input_missing_text``, ``input_text_not_string``,
-``input_empty_text``, ``input_unreadable``) and the raw bytes in ``raw``.
+``input_empty_text``, ``input_unreadable``) and the raw bytes in ``raw``. A file that breaks
+part-way (a truncated gzip) keeps the records read before the break and adds one
+``input_truncated`` row saying how many were read and that the rest of the file is lost.
+Files left out by an input's ``exclude`` patterns, and version-control folders, become one
+``input_excluded`` row each. With ``on_duplicate_id: remove``, a later record of a file
+repeating an id seen earlier in the same file becomes ``input_duplicate_id`` (ids repeated
+across files are resolved by the ``input_ids`` stage).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import pyarrow.parquet as pq
 from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 
-from storage.fs import expand_input, resolve
+from storage.fs import list_input, resolve
 from storage.schema import INPUT_STAGE, READ_SCHEMA, make_id
 
 logger = logging.getLogger(__name__)
@@ -37,6 +43,8 @@ class FileTask:
     format: str
     text_field: str
     id_field: str | None
+    dedupe_ids: bool = False  # later repeats of an id within this file -> input_duplicate_id
+    excluded: str | None = None  # why the file is left out: it becomes one input_excluded row
 
 
 def detect_format(path: str, declared: str) -> str:
@@ -59,6 +67,7 @@ class _Rows:
         self.task, self.source = task, source
         self.cols: dict[str, list] = {f.name: [] for f in READ_SCHEMA}
         self.count = 0
+        self.seen: set[str] | None = set() if task.dedupe_ids else None
 
     def add(
         self,
@@ -70,13 +79,18 @@ class _Rows:
         error: str | None = None,
     ) -> None:
         c = self.cols
+        dup = None
+        if rid is not None and self.seen is not None and reason is None:
+            if rid in self.seen:
+                reason, dup = "input_duplicate_id", rid
+            self.seen.add(rid)
         c["id"].append(rid if rid is not None else make_id(self.source, row))
         c["text"].append(text)
         c["domain"].append(self.task.domain)
         c["source"].append(self.source)
         c["reason"].append(reason)
         c["stage"].append(INPUT_STAGE if reason else None)
-        c["dup_of"].append(None)
+        c["dup_of"].append(dup)
         c["raw"].append(raw)
         c["error"].append(error)
         self.count += 1
@@ -170,9 +184,9 @@ def _read_parquet(task: FileTask, fs) -> Iterator[pa.Table]:
         raise ValueError(f"{task.uri}: no column {task.text_field!r} (columns: {', '.join(names)})")
     cols = [task.text_field] + ([task.id_field] if task.id_field and task.id_field in names else [])
     row = 0
+    rows = _Rows(task, task.uri)
     for rg in range(pf.num_row_groups):
         t = pf.read_row_group(rg, columns=cols)
-        rows = _Rows(task, task.uri)
         texts = t.column(task.text_field).to_pylist()
         ids = t.column(task.id_field).to_pylist() if len(cols) > 1 else [None] * len(texts)
         for text, rid in zip(texts, ids):
@@ -188,20 +202,33 @@ def _read_parquet(task: FileTask, fs) -> Iterator[pa.Table]:
 READERS = {"jsonl": _read_jsonl, "text": _read_text, "parquet": _read_parquet}
 
 
+INPUT_ERRORS = ("input_unreadable", "input_truncated")
+
+
 def read_file(task: FileTask, stats=None) -> Iterator[pa.Table]:
-    """Read one file into READ_SCHEMA blocks; a file that cannot be opened becomes one removed row."""
+    """Read one file into READ_SCHEMA blocks; a file that cannot be opened becomes one removed row,
+    one that breaks part-way keeps what was read plus one ``input_truncated`` row."""
     fs, _ = resolve(task.uri)
     n = 0
     try:
-        for block in READERS[task.format](task, fs):
-            n += block.num_rows
-            if block.num_rows:
-                yield block
+        if task.excluded is not None:
+            rows = _Rows(task, task.uri)
+            rows.add(0, None, None, "input_excluded", error=task.excluded)
+            n = 1
+            yield rows.flush()
+        else:
+            for block in READERS[task.format](task, fs):
+                n += block.num_rows
+                if block.num_rows:
+                    yield block
     except (OSError, ValueError, EOFError) as e:
-        if n:  # a stream that broke mid-way (truncated gzip…): record it, keep what was read
-            logger.warning("%s: read stopped after %d rows: %s", task.uri, n, e)
         rows = _Rows(task, task.uri)
-        rows.add(n, None, None, "input_unreadable", error=f"{type(e).__name__}: {e}")
+        if n:  # a stream that broke mid-way (truncated gzip…): record it, keep what was read
+            logger.warning("%s: read stopped after %d records: %s", task.uri, n, e)
+            msg = f"read stopped after {n} records; the rest of the file is lost: {type(e).__name__}: {e}"
+            rows.add(n, None, None, "input_truncated", error=msg)
+        else:
+            rows.add(n, None, None, "input_unreadable", error=f"{type(e).__name__}: {e}")
         n += 1
         yield rows.flush()
     if stats is not None:
@@ -219,11 +246,13 @@ class InputDatasource(Datasource):
         self.tasks: list[FileTask] = []
         for inp in inputs:
             scheme = inp.path.split("://", 1)[0] if "://" in inp.path else None
-            for path in expand_input(inp.path):
+            listing = list_input(inp.path, inp.exclude)
+            dedupe = bool(inp.id_field) and inp.on_duplicate_id == "remove"
+            entries = [(p, None) for p in listing.files] + listing.excluded
+            for path, why in sorted(entries):
                 uri = f"{scheme}://{path}" if scheme and scheme != "file" else path
-                self.tasks.append(
-                    FileTask(uri, path, inp.domain, detect_format(path, inp.format), inp.text_field, inp.id_field)
-                )
+                fmt = detect_format(path, inp.format)
+                self.tasks.append(FileTask(uri, path, inp.domain, fmt, inp.text_field, inp.id_field, dedupe, why))
         self.stats = stats
 
     def estimate_inmemory_data_size(self) -> int | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,9 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from operators import load_all
 from operators.base import REGISTRY, params_model
-from storage.fs import expand_input
+from storage.fs import list_input
+from storage.run import check_name
 
-DOMAIN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+#: a recipe is a small file: bound what validation will read and expand (aliases can nest)
+MAX_RECIPE_BYTES = 1 << 20
+MAX_RECIPE_NODES = 100_000
 
 
 class RecipeError(ValueError):
@@ -32,6 +34,20 @@ class InputSpec(BaseModel):
             file); ``auto`` picks from the file extension.
         text_field: the field holding the document text (jsonl, parquet).
         id_field: the field holding a stable id; without it ids are hashed from file and row.
+        exclude: glob patterns (fnmatch; ``*`` also crosses ``/``) of files to leave out, matched
+            against the path relative to the input's directory; each excluded file is counted as
+            a removed row with reason ``input_excluded``. Version-control folders (``.git``,
+            ``.hg``, ``.svn``, ``.bzr``) are always left out and counted the same way (one row per
+            folder). Nothing else is skipped: dotfiles and ``_``-files are read like any other.
+        on_input_error: ``fail`` (default): a file that cannot be read, or breaks part-way
+            (truncated gzip…), is recorded (``input_unreadable`` / ``input_truncated`` with the
+            count of records read before the break) and the run exits non-zero after writing
+            everything; ``continue``: the same records, and the run succeeds.
+        on_duplicate_id: ``error`` (default): two records with the same id fail the run, naming
+            both sources; ``remove``: later occurrences (by source path in byte order, then
+            position in the file) go to ``removed/`` with reason ``input_duplicate_id``. Applies
+            when the input has an ``id_field``; a duplicate removed only if every input with an
+            ``id_field`` says ``remove``.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -40,13 +56,14 @@ class InputSpec(BaseModel):
     format: Literal["auto", "jsonl", "parquet", "text"] = "auto"
     text_field: str = "text"
     id_field: str | None = None
+    exclude: list[str] = Field(default_factory=list)
+    on_input_error: Literal["fail", "continue"] = "fail"
+    on_duplicate_id: Literal["error", "remove"] = "error"
 
     @field_validator("domain")
     @classmethod
     def _domain_ok(cls, v: str) -> str:
-        if not DOMAIN_RE.match(v):
-            raise ValueError(f"domain {v!r} must match {DOMAIN_RE.pattern} (it names a directory)")
-        return v
+        return check_name("domain", v)
 
 
 class StageSpec(BaseModel):
@@ -56,6 +73,11 @@ class StageSpec(BaseModel):
     op: str
     name: str | None = None
     on_error: Literal["fail", "quarantine"] = "quarantine"
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str | None) -> str | None:
+        return None if v is None else check_name("stage name", v)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -90,6 +112,26 @@ class Recipe(BaseModel):
             "stages": [s.model_dump() for s in stages],
         }
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _expanded_size(node: yaml.Node | None) -> int:
+    """Values the composed tree expands to, counting every alias use (memoised, so bombs are cheap to measure)."""
+    memo: dict[int, int] = {}
+
+    def size(n: yaml.Node) -> int:
+        if id(n) in memo:
+            return memo[id(n)]
+        memo[id(n)] = MAX_RECIPE_NODES + 1  # a cycle counts as too big
+        if isinstance(n, yaml.MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in n.value)
+        elif isinstance(n, yaml.SequenceNode):
+            total = 1 + sum(size(v) for v in n.value)
+        else:
+            total = 1
+        memo[id(n)] = min(total, 10 * MAX_RECIPE_NODES)
+        return memo[id(n)]
+
+    return 0 if node is None else size(node)
 
 
 def _line_index(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict[tuple, int]:
@@ -130,11 +172,20 @@ def _format(err: ValidationError, prefix: tuple, lines: dict[tuple, int]) -> lis
 def parse_recipe(text: str, *, source: str = "<recipe>", check_inputs: bool = True) -> Recipe:
     """Parse and validate recipe YAML; raise RecipeError listing every problem found."""
     load_all()
+    if len(text.encode("utf-8", "replace")) > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{source}: a recipe may be at most {MAX_RECIPE_BYTES:,} bytes")
     try:
         node = yaml.compose(text)
+        n = _expanded_size(node)
+        if n > MAX_RECIPE_NODES:
+            raise RecipeError(
+                f"{source}: the YAML expands to {n:,} values (aliases included); at most {MAX_RECIPE_NODES:,}"
+            )
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise RecipeError(f"{source}: not valid YAML: {e}") from None
+    except RecursionError:
+        raise RecipeError(f"{source}: the YAML nests too deeply") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: a recipe is a mapping with inputs, stages and output")
     lines = _line_index(node) if node is not None else {}
@@ -144,10 +195,17 @@ def parse_recipe(text: str, *, source: str = "<recipe>", check_inputs: bool = Tr
         raise RecipeError(f"{source}:\n  " + "\n  ".join(_format(e, (), lines))) from None
 
     recipe, origin = _expand(recipe)
+    if (with_ids := _with_id_stage(recipe)) is not recipe:
+        recipe, origin = with_ids, [0, *origin]
     problems: list[str] = []
     names: set[str] = set()
     for i, st in enumerate(recipe.stages):
         at = ("stages", origin[i])  # errors point at the stage as written in the YAML
+        try:
+            check_name("stage name", st.stage_name)
+        except ValueError as e:
+            problems.append(f"{_where((*at, 'op'), lines)}: {e}")
+            continue
         if st.stage_name in names:
             problems.append(f"{_where((*at, 'op'), lines)}: stage name {st.stage_name!r} used twice; set `name:`")
         names.add(st.stage_name)
@@ -166,13 +224,30 @@ def parse_recipe(text: str, *, source: str = "<recipe>", check_inputs: bool = Tr
     if check_inputs:
         for i, inp in enumerate(recipe.inputs):
             try:
-                if not expand_input(inp.path):
+                if not list_input(inp.path, inp.exclude).files:
                     problems.append(f"{_where(('inputs', i, 'path'), lines)}: no files match {inp.path!r}")
             except (OSError, ValueError) as e:
                 problems.append(f"{_where(('inputs', i, 'path'), lines)}: cannot list {inp.path!r}: {e}")
     if problems:
         raise RecipeError(f"{source}:\n  " + "\n  ".join(problems))
     return recipe
+
+
+def _with_id_stage(recipe: Recipe) -> Recipe:
+    """Prepend the ``input_ids`` stage when every input with an ``id_field`` asks to remove duplicate ids."""
+    keyed = [i for i in recipe.inputs if i.id_field]
+    if not keyed or any(i.on_duplicate_id != "remove" for i in keyed):
+        return recipe
+    if recipe.stages and recipe.stages[0].op == "input_ids":
+        return recipe
+    first = StageSpec(op="input_ids", name="input_ids", on_error="fail")
+    return recipe.model_copy(update={"stages": [first, *recipe.stages]})
+
+
+def duplicate_ids_fail(recipe: Recipe) -> bool:
+    """Whether a repeated id fails the run (the default), rather than being removed by ``input_ids``."""
+    keyed = [i for i in recipe.inputs if i.id_field]
+    return bool(keyed) and any(i.on_duplicate_id != "remove" for i in keyed)
 
 
 def _expand(recipe: Recipe) -> tuple[Recipe, list[int]]:

@@ -18,19 +18,21 @@ Run:
 
 from __future__ import annotations
 
+import contextlib
 import html
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 
 from storage.fs import resolve
 from storage.manifest import read_manifest
+from storage.run import REPORT, RunDir, UnsafePathError, atomic_write, real
 
 logger = logging.getLogger(__name__)
 
-REPORT = "report.html"
 #: score columns that get a histogram when the run has them (storage.schema.SCORE_FIELDS)
 SCORE_COLUMNS = ("ppl", "quality", "betr")
 #: words of a row's stored text (RE2: runs of non-whitespace)
@@ -401,17 +403,29 @@ def build_report(out_dir: str, *, per_reason: int = 3, chars: int = 600) -> str:
 
 
 def write_report(out_dir: str, dest: str | None = None) -> str:
-    """Write the report of ``out_dir`` to ``dest`` (default ``OUT/report.html``) through a temporary name."""
+    """Write the report of ``out_dir`` to ``dest`` (default ``OUT/report.html``) through a temporary name.
+
+    Refuses to write anywhere inside the run but ``OUT/report.html``, or over an existing file
+    that is not a Sluice report.
+    """
     out_dir = out_dir.rstrip("/")
     dest = dest or f"{out_dir}/{REPORT}"
+    rd = RunDir(out_dir)
+    target = real(dest)
+    inside = target == rd.root or target.startswith(rd.root + "/")
+    if inside and target != f"{rd.root}/{REPORT}":
+        raise UnsafePathError(f"refusing to write the report to {dest!r}: inside the run only {REPORT} is the report's")
     page = build_report(out_dir).encode("utf-8")
     fs, path = resolve(dest)
-    parent = path.rsplit("/", 1)[0]
-    if parent:
-        fs.create_dir(parent, recursive=True)
-    tmp = f"{path}.tmp"
-    with fs.open_output_stream(tmp) as f:
-        f.write(page)
-    fs.move(tmp, path)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        raise UnsafePathError(f"refusing to write the report to {dest!r}: it is a directory")
+    if info.type == pafs.FileType.File:
+        with fs.open_input_stream(path) as f:
+            head = f.read(4096)
+        if b"<title>Sluice report" not in head:
+            raise UnsafePathError(f"refusing to overwrite {dest!r}: it exists and is not a Sluice report")
+    with rd.lock("sluice report") if inside else contextlib.nullcontext():
+        atomic_write(fs, path, page)
     logger.info("report: %s (%d bytes)", dest, len(page))
     return dest

@@ -27,22 +27,29 @@ import pyarrow.parquet as pq
 
 from operators import load_all
 from operators.base import REGISTRY, GlobalStage
-from pipelines.recipe import Recipe, stage_params
+from pipelines.readers import INPUT_ERRORS
+from pipelines.recipe import Recipe, duplicate_ids_fail, stage_params
+from pipelines.resume import FileHashes, fingerprint, input_state, sluice_version, stage_files, what_changed
 from pipelines.stats import sum_nested
 from storage.fs import expand_input, resolve
 from storage.manifest import VERSION, conservation, package_versions, write_manifest
+from storage.run import REMOVED, SHARDS, STAGES, SUCCESS, RunDir, atomic_write
 from storage.schema import ERROR, INTERNAL_COLUMNS, READ_SCHEMA, REASON, STAGE, with_column
 from storage.shards import CheckpointLayout, ParquetFiles, RunLayout, ShardSink
+from storage.views import repeated_ids
 
 logger = logging.getLogger(__name__)
 
-STAGES_DIR = "_stages"
-SUCCESS = "_SUCCESS"
+STAGES_DIR = STAGES
 CHECKPOINT_BYTES = 128 << 20
 
 
 class ConservationError(RuntimeError):
     """Rows read != rows kept + rows removed: something lost or invented rows."""
+
+
+class InputError(RuntimeError):
+    """The inputs are not what a run can trust: repeated ids, or files that could not be read completely."""
 
 
 @dataclass(frozen=True)
@@ -213,11 +220,30 @@ def _load_success(fs, path: str) -> dict | None:
 
 
 def _save_json(fs, path: str, obj: dict) -> None:
-    tmp = path + ".tmp"
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(tmp) as f:
-        f.write(json.dumps(obj, indent=2, default=str).encode())
-    fs.move(tmp, path)
+    atomic_write(fs, path, json.dumps(obj, indent=2, default=str).encode())
+
+
+def _verify(rd: RunDir, base: str, done: dict, final: bool) -> str | None:
+    """Why a checkpoint's files differ from what its ``_SUCCESS`` recorded (None when they match).
+
+    A checkpoint's ``live/`` and ``removed/`` (the final segment's ``shards/`` and ``removed/``)
+    must hold exactly the recorded files with the recorded sizes and sha256: anything missing,
+    extra (another run writing into the same directory), resized or rewritten is not trusted.
+    """
+    recorded = {f["path"]: f for f in [*done.get("files", []), *done.get("copied", [])]}
+    subs = (SHARDS, REMOVED) if final else ("live", "removed")
+    prefix = "" if base == rd.root else base[len(rd.root) + 1 :] + "/"
+    found = [r[len(prefix) :] for sub in subs for r in rd.files(f"{prefix}{sub}")]
+    extra = sorted(set(found) - set(recorded))
+    missing = sorted(set(recorded) - set(found))
+    if extra or missing:
+        return f"{len(missing)} recorded file(s) missing, {len(extra)} unrecorded file(s) present"
+    for rel, f in recorded.items():
+        with rd.fs.open_input_stream(f"{base}/{rel}") as fh:
+            data = fh.read()
+        if len(data) != f["bytes"] or hashlib.sha256(data).hexdigest() != f["sha256"]:
+            return f"{rel} changed since it was written"
+    return None
 
 
 def _rows_per_write(target_bytes: int, records: list[dict]) -> int:
@@ -282,18 +308,37 @@ def warn_if_short_of_space(out_dir: str, recipe: Recipe) -> int | None:
 
 # ---------------------------------------------------------------- the run
 def run(recipe: Recipe, out_dir: str | None = None, *, fresh: bool = False, recipe_text: str = "") -> dict:
-    """Run ``recipe``; return the manifest. Raises ConservationError if rows went missing."""
+    """Run ``recipe``; return the manifest.
+
+    The output directory is claimed first (:meth:`storage.run.RunDir.claim`: it must be new,
+    empty or Sluice's own, and overlap no input) and locked for the run's duration; ``fresh``
+    deletes only what Sluice wrote there. Raises ConservationError if rows went missing and
+    InputError for repeated ids or input files that could not be read completely.
+    """
+    out_dir = (out_dir or recipe.output.dir).rstrip("/")
+    rd = RunDir(out_dir)
+    rd.check_inputs([i.path for i in recipe.inputs])
+    check_output_writable(out_dir)
+    rd.claim([i.path for i in recipe.inputs])
+    with rd.lock("sluice curate"):
+        if fresh:
+            n = rd.clear()
+            logger.info("--fresh: deleted %d file(s) Sluice had written in %s", n, out_dir)
+        return _run(recipe, rd, out_dir, recipe_text)
+
+
+def _run(recipe: Recipe, rd: RunDir, out_dir: str, recipe_text: str) -> dict:
     import ray
     import ray.data
 
     from pipelines.cluster import accelerators, describe_cluster, init_ray
 
-    out_dir = (out_dir or recipe.output.dir).rstrip("/")
-    check_output_writable(out_dir)
     warn_if_short_of_space(out_dir, recipe)
-    fs, root = resolve(out_dir)
-    if fresh:
-        fs.delete_dir_contents(root, missing_dir_ok=True)
+    fs, root = rd.fs, rd.root
+    inputs = input_state(recipe)
+    hashes = FileHashes(out_dir)
+    files = stage_files(recipe, hashes)
+    hashes.save()
     init_ray()
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # identical outputs across runs and resumes
@@ -309,19 +354,29 @@ def run(recipe: Recipe, out_dir: str | None = None, *, fresh: bool = False, reci
     for seg in segments:
         last = seg is segments[-1]
         ckdir = f"{root}/{STAGES_DIR}/{seg.index:02d}-{seg.name}"
-        fingerprint = recipe.fingerprint(seg.end)
+        fp = fingerprint(recipe, seg.end, inputs, files)
         done = _load_success(fs, f"{ckdir}/{SUCCESS}")
+        step = f"[{seg.index + 1}/{len(segments)}] {seg.name}"
         # a checkpoint is reused only in the same role: a last segment wrote the final outputs, not live/removed
-        if done and done.get("fingerprint") == fingerprint and done.get("final") == last:
-            logger.info("[%d/%d] %s: checkpoint complete, skipped", seg.index + 1, len(segments), seg.name)
-            records.append({**done, "reused": True})
-            prev = ckdir
-            continue
-        fs.delete_dir_contents(ckdir, missing_dir_ok=True)
+        if done and done.get("fingerprint") == fp and done.get("final") == last:
+            problem = _verify(rd, root if last else ckdir, done, last)
+            if problem is None:
+                logger.info("%s: checkpoint complete, skipped", step)
+                records.append({**done, "dir": ckdir, "reused": True})
+                prev = ckdir
+                if seg.index == 0:
+                    _check_ids(recipe, rd, root if last else ckdir, records[0], last)
+                continue
+            logger.warning("%s: checkpoint not trusted (%s); running it again", step, problem)
+        elif done:
+            same = done.get("fingerprint") == fp
+            why = "its role changed" if same else what_changed(recipe, seg.end, done, inputs, files)
+            logger.warning("%s: checkpoint out of date (%s); running it again", step, why)
+        rd.delete(ckdir)
         names = [s.stage_name for s in recipe.stages[seg.start : seg.end]] or ["read"]
         logger.info("[%d/%d] running %s", seg.index + 1, len(segments), " → ".join(names))
         try:
-            records.append(_run_segment(recipe, seg, prev, ckdir, out_dir, last, records, gpus))
+            rec = _run_segment(recipe, seg, prev, ckdir, rd, last, records, gpus)
         except OSError as e:  # a full disk, lost permissions, object storage errors: say where, and how to go on
             cause = getattr(e, "cause", None)  # a RayTaskError carries the task's own exception
             cause = cause if isinstance(cause, BaseException) else e
@@ -329,10 +384,16 @@ def run(recipe: Recipe, out_dir: str | None = None, *, fresh: bool = False, reci
                 f"{' → '.join(names)} failed writing to {out_dir!r}: {type(cause).__name__}: {cause}. "
                 "Finished segments are checkpointed: run the same command again to resume."
             ) from e
+        rec.update(fingerprint=fp, sluice=sluice_version(), recipe_fingerprint=recipe.fingerprint(seg.end))
+        rec.update(inputs=inputs, files=rec["files"], stage_files=files[: seg.end])
+        _save_json(fs, f"{ckdir}/{SUCCESS}", rec)
+        records.append(rec)
         prev = ckdir
+        if seg.index == 0:
+            _check_ids(recipe, rd, root if last else ckdir, rec, last)
         # later segments depend on this one: drop their stale checkpoints
         for later in segments[seg.index + 1 :]:
-            fs.delete_dir_contents(f"{root}/{STAGES_DIR}/{later.index:02d}-{later.name}", missing_dir_ok=True)
+            rd.delete(f"{root}/{STAGES_DIR}/{later.index:02d}-{later.name}")
 
     manifest = build_manifest(
         recipe, out_dir, records, started, time.perf_counter() - t_run, recipe_text, describe_cluster()
@@ -340,10 +401,45 @@ def run(recipe: Recipe, out_dir: str | None = None, *, fresh: bool = False, reci
     write_manifest(out_dir, manifest)
     if not manifest["conservation"]["ok"]:
         raise ConservationError(manifest["conservation"]["message"])
+    _fail_on_input_errors(recipe, manifest)
     return manifest
 
 
-def _run_segment(recipe, seg, prev, ckdir, out_dir, last, records, gpus) -> dict:
+def _check_ids(recipe: Recipe, rd: RunDir, base: str, rec: dict, final: bool) -> None:
+    """Fail before any later segment when two records share an id (unless the recipe removes repeats)."""
+    if not duplicate_ids_fail(recipe):
+        return
+    paths = [f"{base}/{f['path']}" for f in rec["files"]]
+    total, examples = repeated_ids(paths)
+    if not total:
+        return
+    shown = "; ".join(
+        f"id {i!r} appears {n} times in {a}" if a == b else f"id {i!r} is in {a} and in {b}" for i, n, a, b in examples
+    )
+    raise InputError(
+        f"{total} id(s) are used by more than one record: {shown}. Ids must be unique; fix the inputs, or set "
+        "`on_duplicate_id: remove` on the inputs to keep the first record of each id (later ones go to removed/ "
+        "as input_duplicate_id)."
+    )
+
+
+def _fail_on_input_errors(recipe: Recipe, manifest: dict) -> None:
+    tolerated = set()
+    for inp in recipe.inputs:
+        if inp.on_input_error == "continue":
+            scheme = inp.path.split("://", 1)[0] if "://" in inp.path else None
+            tolerated |= {f"{scheme}://{p}" if scheme and scheme != "file" else p for p in expand_input(inp.path)}
+    bad = [e for e in manifest.get("input_errors", []) if e["source"] not in tolerated]
+    if bad:
+        shown = "; ".join(f"{e['source']}: {e['error']}" for e in bad[:3]) + (" …" if len(bad) > 3 else "")
+        raise InputError(
+            f"{len(bad)} input file(s) could not be read completely ({shown}). Everything that was read is written "
+            "and counted (manifest.json `input_errors`, removed/stage=input); set `on_input_error: continue` on "
+            "the input to accept this."
+        )
+
+
+def _run_segment(recipe, seg, prev, ckdir, rd: RunDir, last, records, gpus) -> dict:
     import ray
     import ray.data
 
@@ -351,7 +447,7 @@ def _run_segment(recipe, seg, prev, ckdir, out_dir, last, records, gpus) -> dict
     from pipelines.readers import InputDatasource
     from pipelines.stats import RunStats
 
-    fs, root = resolve(out_dir)
+    out_dir = rd.uri
     t0 = time.perf_counter()
     lost_before = lost_workers()
     stats = RunStats.remote()
@@ -376,12 +472,13 @@ def _run_segment(recipe, seg, prev, ckdir, out_dir, last, records, gpus) -> dict
             ds = _read_checkpoint(prev, "live")
     ds = _apply_stages(ds, recipe, seg, extra, stats, gpus)
 
+    copied: list[dict] = []
     if last:
         # derived outputs are rebuilt from checkpoints: clear them, copy earlier removals, then write
-        for d in ("shards", "removed"):
-            fs.delete_dir_contents(f"{root}/{d}", missing_dir_ok=True)
+        for d in (SHARDS, REMOVED):
+            rd.delete(d)
         for rec in records:
-            _copy_removed(rec["dir"], out_dir)
+            copied += [f.__dict__ for f in _copy_removed(rec["dir"], out_dir)]
         target = int(recipe.output.shard_mb * (1 << 20))
         sink = ShardSink(out_dir, RunLayout(INTERNAL_COLUMNS), target, _rows_per_write(target, records))
     else:
@@ -398,7 +495,6 @@ def _run_segment(recipe, seg, prev, ckdir, out_dir, last, records, gpus) -> dict
         logger.warning("segment %s: %d Ray worker(s) died; Ray re-ran their tasks", seg.name, lost)
     live = [f for f in sink.files if not f.partition.startswith("removed")]
     rec = {
-        "fingerprint": recipe.fingerprint(seg.end),
         "final": last,
         "segment": seg.index,
         "name": seg.name,
@@ -415,20 +511,20 @@ def _run_segment(recipe, seg, prev, ckdir, out_dir, last, records, gpus) -> dict
         "added": snap["added"],
         "metrics": snap["metrics"],
         "files": [f.__dict__ for f in sink.files],
+        "copied": copied,
     }
-    _save_json(fs, f"{ckdir}/{SUCCESS}", rec)
     logger.info("      done in %.1fs: %s rows live", rec["wall_seconds"], f"{rec['live_rows']:,}")
     return rec
 
 
-def _copy_removed(ckdir: str, out_dir: str) -> None:
-    """Move a checkpoint's removed rows into the run's ``removed/stage=<s>/`` directories."""
+def _copy_removed(ckdir: str, out_dir: str) -> list:
+    """Copy a checkpoint's removed rows into the run's ``removed/stage=<s>/`` directories; return the files."""
     files = _files(ckdir, "removed")
     if not files:
-        return
+        return []
     fs, _ = resolve(out_dir)
     sink = ShardSink(out_dir, RunLayout(INTERNAL_COLUMNS), 256 << 20)
-    sink.write_now(pq.read_table(fs.open_input_file(f)) for f in files)
+    return sink.write_now(pq.read_table(fs.open_input_file(f)) for f in files)
 
 
 # ---------------------------------------------------------------- manifest
@@ -464,6 +560,14 @@ def build_manifest(
     ).fetchall()
     shards = _file_records(fs, root, "shards")
     removed_files = _file_records(fs, root, "removed")
+    read_per_file = records[0]["read"] or {}
+    input_errors = [
+        {"source": src, "reason": why, "records_read": max(0, read_per_file.get(src, 1) - 1), "error": msg}
+        for src, why, msg in con.execute(
+            "SELECT source, reason, error FROM removed WHERE stage = 'input' AND reason IN "
+            f"({', '.join(repr(r) for r in INPUT_ERRORS)}) ORDER BY source"
+        ).fetchall()
+    ]
     kept = sum(s["rows"] for s in shards)
     removed = sum(s["rows"] for s in removed_files)
 
@@ -536,6 +640,7 @@ def build_manifest(
         "domains": [{"domain": d, "docs": n, "chars": c, "tokens": t} for d, n, c, t in domains],
         "shards": shards,
         "removed_files": removed_files,
+        "input_errors": input_errors,
         "conservation": conservation(read, kept, removed, sum(added_by.values())),
     }
 

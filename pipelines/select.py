@@ -20,9 +20,10 @@ import typer
 
 from storage.fs import expand_input, resolve
 from storage.manifest import VERSION, conservation, package_versions, read_manifest, write_manifest
+from storage.run import RunDir, RunLockedError, UnsafePathError, atomic_write, overlap
 from storage.schema import DUP_OF, ERROR, INTERNAL_COLUMNS, RAW, REASON, STAGE
 from storage.shards import RunLayout, ShardSink
-from storage.views import connect
+from storage.views import check_expression, connect
 
 logger = logging.getLogger(__name__)
 
@@ -171,25 +172,39 @@ def select(
         shard_mb: target shard size; default: the source recipe's.
         overwrite: replace an existing ``dest``.
     """
-    t0 = time.perf_counter()
-    started = datetime.now(timezone.utc)
     if not dest:
         raise ValueError("select: dest (the new run directory) is required")
-    if dest.rstrip("/") == out.rstrip("/"):
-        raise ValueError("select: dest must differ from the source run directory")
+    if overlap(dest, out):
+        raise UnsafePathError(
+            f"select: {dest!r} is, contains or lies inside the source run {out!r}; choose a directory outside it"
+        )
+    if where is not None:
+        check_expression(where, "--where")
+    if order_by is not None:
+        check_expression(order_by, "--order-by", "SELECT 1 FROM docs ORDER BY {}")
+    read_manifest(out)  # a finished run, before anything is written
+    rd = RunDir(dest)
+    rd.claim(kind="select")
+    with rd.lock("sluice select"):
+        return _select(rd, out, where, budget_tokens, per_domain_budget, order_by, seed, shard_mb, overwrite)
+
+
+def _select(rd, out, where, budget_tokens, per_domain_budget, order_by, seed, shard_mb, overwrite) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    started = datetime.now(timezone.utc)
+    dest = rd.uri
     budgets = dict(per_domain_budget or {})
     for name, v in [*budgets.items(), *([("budget_tokens", budget_tokens)] if budget_tokens is not None else [])]:
         if v < 0:
             raise ValueError(f"select: budget for {name!r} must be >= 0, got {v}")
     src = read_manifest(out)
-    fs, root = resolve(dest)
-    if expand_input(dest):
+    fs, root = rd.fs, rd.root
+    if any(rd.files("shards")) or any(rd.files("removed")) or any(rd.files("manifest.json")):
         if not overwrite:
             raise FileExistsError(f"select: {dest!r} is not empty; pass overwrite=True (--overwrite) to replace it")
-        fs.delete_dir_contents(root, missing_dir_ok=True)
-    fs.create_dir(root, recursive=True)
+        rd.clear()
 
-    con = connect(out, manifest=None)
+    con = connect(out, manifest=None, read_only=True)
     dups = con.execute("SELECT count(*) - count(DISTINCT id) FROM docs").fetchone()[0]
     if dups:
         raise ValueError(f"select: {dups} duplicate ids in {out!r}; selection needs unique document ids")
@@ -212,10 +227,8 @@ def select(
     sfs, sroot = resolve(out)
     for path in sorted(p for p in expand_input(f"{sroot}/removed") if p.endswith(".parquet")):
         rel = path[len(sroot) + 1 :]
-        fs.create_dir(f"{root}/{rel.rsplit('/', 1)[0]}", recursive=True)
-        with sfs.open_input_stream(path) as r, fs.open_output_stream(f"{root}/{rel}.tmp") as w:
-            w.write(r.read())
-        fs.move(f"{root}/{rel}.tmp", f"{root}/{rel}")
+        with sfs.open_input_stream(path) as r:
+            atomic_write(fs, f"{root}/{rel}", r.read())
     mb = shard_mb or (src.get("recipe") or {}).get("output", {}).get("shard_mb", 256)
     ShardSink(dest, RunLayout(INTERNAL_COLUMNS), int(mb * (1 << 20))).write_now(_source_tables(out, decision))
 
@@ -317,7 +330,7 @@ def select_cmd(
             budgets[name] = parse_count(value)
         total = parse_count(budget_tokens) if budget_tokens is not None else None
         m = select(out, where, total, budgets, dest, order_by, seed=seed, overwrite=overwrite)
-    except (ValueError, FileExistsError, FileNotFoundError) as e:
+    except (ValueError, FileExistsError, FileNotFoundError, RunLockedError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     st = m["stages"][-1]

