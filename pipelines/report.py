@@ -112,6 +112,14 @@ def overview(manifest: dict, out_dir: str) -> Section:
         ["synthetic added", c.get("synthetic", 0)],
     ]
     body = [f"<p>Conservation (read = kept + removed): {verdict} — {e(c.get('message'))}</p>", table(["", ""], rows)]
+    errors = manifest.get("input_errors") or []
+    if errors:
+        body.append(
+            f"<h3 class='bad'>Input files not read completely ({len(errors)})</h3>"
+            + note("Records after the break are lost; the records read before it are in the run.")
+        )
+        rows = [[x["source"], x["reason"], x["records_read"], x["error"]] for x in errors]
+        body.append(table(["file", "reason", "records read", "error"], rows))
     cluster = manifest.get("cluster")
     if cluster:
         body.append(table(["Ray nodes", "CPUs", "GPUs"], [[cluster.get(k) for k in ("nodes", "cpus", "gpus")]]))
