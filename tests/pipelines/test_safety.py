@@ -5,6 +5,7 @@ import gzip
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -200,7 +201,7 @@ def test_a_truncated_gzip_fails_the_run_unless_the_input_continues(tmp_path):
     (err,) = m["input_errors"]
     assert err["reason"] == "input_truncated" and err["records_read"] == m["conservation"]["kept"] > 0
     assert "the rest of the file is lost" in err["error"]
-    assert "Input files not read completely (1)" in open(write_report(str(tmp_path / "out"))).read()
+    assert "Input files not read completely (1)" in Path(write_report(str(tmp_path / "out"))).read_text()
     m = run(_recipe(f'  - {{path: "{path}", domain: web, on_input_error: continue}}', tmp_path / "out2", "  []"))
     assert m["input_errors"][0]["records_read"] == err["records_read"]
 
