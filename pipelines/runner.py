@@ -33,7 +33,7 @@ from pipelines.resume import FileHashes, fingerprint, input_state, sluice_versio
 from pipelines.stats import sum_nested
 from storage.fs import expand_input, resolve
 from storage.manifest import VERSION, conservation, package_versions, write_manifest
-from storage.run import REMOVED, SHARDS, STAGES, SUCCESS, RunDir, atomic_write
+from storage.run import PROBE, REMOVED, SHARDS, STAGES, SUCCESS, RunDir, UnsafePathError, atomic_write
 from storage.schema import ERROR, INTERNAL_COLUMNS, READ_SCHEMA, REASON, STAGE, with_column
 from storage.shards import CheckpointLayout, ParquetFiles, RunLayout, ShardSink
 from storage.views import repeated_ids
@@ -264,16 +264,16 @@ def _num_partitions(rows: int) -> int:
 def check_output_writable(out_dir: str) -> None:
     """Fail before any work if the output directory cannot be created or written."""
     fs, root = resolve(out_dir)
-    probe = f"{root}/.sluice-write-test"
+    probe = f"{root}/{PROBE}"
     try:
         fs.create_dir(root, recursive=True)
         with fs.open_output_stream(probe) as f:
             f.write(b"ok")
-        fs.delete_file(probe)
     except OSError as e:
-        with contextlib.suppress(OSError):  # a full disk may have created the probe before refusing its bytes
-            fs.delete_file(probe)
         raise OSError(f"output directory {out_dir!r} is not writable: {e}") from None
+    finally:  # a full disk may have created the probe before refusing its bytes
+        with contextlib.suppress(OSError, UnsafePathError):
+            RunDir(out_dir).delete(PROBE)
 
 
 def warn_if_short_of_space(out_dir: str, recipe: Recipe) -> int | None:

@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipelines.cli import app
+from pipelines.demo_corpus import build
 from pipelines.recipe import RecipeError, parse_recipe
 from pipelines.report import write_report
 from pipelines.runner import InputError, run
@@ -110,6 +111,14 @@ def test_select_order_by_cannot_start_a_statement(finished, tmp_path):
         select(str(finished / "src"), order_by="id; COPY (SELECT 1) TO 'x.csv'", dest=str(tmp_path / "sel"))
     m = select(str(finished / "src"), where="length(text) > 0", order_by="length(text) DESC", dest=str(tmp_path / "s"))
     assert m["conservation"]["ok"]
+
+
+def test_demo_data_replaces_only_a_corpus_it_wrote(tmp_path):
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "mine.py").write_text("print('mine')")
+    with pytest.raises(FileExistsError, match="was not written by `sluice demo-data`"):
+        build(tmp_path, max_code=1)
+    assert (tmp_path / "code" / "mine.py").exists()
 
 
 def test_report_and_inspect_refuse_clearly(finished, tmp_path):
