@@ -9,13 +9,16 @@ import logging
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field
 
 from operators.base import GlobalStage, mark_removed, register
-from operators.classifier import FastTextModel, embed, train_fasttext
+from operators.classifier import SCORE_CHARS, FastTextModel, embed, train_fasttext
+from operators.models import text_heads
 from operators.selection import token_weights
 from storage.schema import with_column
 
@@ -111,6 +114,8 @@ def _check(p: dict[str, Any]) -> None:
         raise ValueError(f"betr: sample_size must be >= 10, got {p['sample_size']}")
     if p["max_targets"] is not None and p["max_targets"] < 1:
         raise ValueError(f"betr: max_targets must be >= 1 or null, got {p['max_targets']}")
+    if p["max_chars"] is not None and p["max_chars"] < 1:
+        raise ValueError(f"betr: max_chars must be >= 1 or null, got {p['max_chars']}")
 
 
 @register("betr")
@@ -137,6 +142,12 @@ class Betr(GlobalStage):
     scores), writes ``betr`` and removes rows below the cutoff (``betr_below_cutoff``).
     Only the sample is ever embedded; the full corpus sees only the cheap classifier.
 
+    Long documents are handled by a prefix: every document is cut to its first ``max_chars``
+    characters (in Arrow, before it becomes a Python string) for sampling, fastText training
+    and scoring, and the encoder reads at most ``EMBED_CHARS`` (4096) of those, so the work per
+    document is bounded whatever its length; the stored text is not changed. (The token
+    weights of the cutoff still count a document's whole text.)
+
     Args:
         targets: JSONL file of target (benchmark) examples.
         target_fields: fields to concatenate per example; default: every string field.
@@ -148,6 +159,8 @@ class Betr(GlobalStage):
         embed_batch_size: texts per embedding batch.
         validation_fraction: share of the labelled set held out for the accuracy report.
         seed: changes the sample and the held-out set.
+        max_chars: characters of a document that fastText is trained on and scores (and that
+            the sample holds); null: whole documents.
         lr, dim, ws, min_count, epoch, word_ngrams, bucket: fastText hyperparameters (paper:
             0.03, 128, 10, 5, 5, 2; ``bucket`` is fastText's hashed n-gram table, 2M by default:
             the model file is about (vocabulary + bucket) x dim x 4 bytes).
@@ -175,6 +188,7 @@ class Betr(GlobalStage):
         epoch: int = 5,
         word_ngrams: int = 2,
         bucket: int = 2_000_000,
+        max_chars: Annotated[int | None, Field(ge=1)] = SCORE_CHARS,
         _model: Any = None,
         _cutoff: float | None = None,
         **kwargs: Any,
@@ -191,6 +205,7 @@ class Betr(GlobalStage):
             embed_batch_size=embed_batch_size,
             validation_fraction=validation_fraction,
             seed=seed,
+            max_chars=max_chars,
         )
         _check(self.params)
         self.hyper = dict(lr=lr, dim=dim, ws=ws, minCount=min_count, epoch=epoch, wordNgrams=word_ngrams, bucket=bucket)
@@ -225,14 +240,19 @@ class Betr(GlobalStage):
         return self._model
 
     def score(self, texts: list[str]) -> np.ndarray:
-        return self.model().proba(texts, POS)
+        """fastText P(positive) of each text's first ``max_chars`` characters."""
+        cap = self.params["max_chars"]
+        return self.model().proba(texts if cap is None else [t[:cap] for t in texts], POS)
 
     # ------------------------------------------------------------------ pass 1
     def sample(self, ds) -> pa.Table:
-        """The ``sample_size`` live documents with the smallest (seed, id) hashes: columns id, text, domain."""
+        """The ``sample_size`` live documents with the smallest (seed, id) hashes.
+
+        Columns id, text (its first ``max_chars`` characters) and domain.
+        """
         import ray
 
-        k, seed = self.params["sample_size"], self.params["seed"]
+        k, seed, cap = self.params["sample_size"], self.params["seed"], self.params["max_chars"]
 
         def smallest(batch: pa.Table) -> pa.Table:
             idx = np.flatnonzero(self.active(batch))
@@ -250,7 +270,10 @@ class Betr(GlobalStage):
             idx = np.flatnonzero(self.active(batch))
             ids = batch.column("id").take(pa.array(idx))
             keep = idx[hash64(ids.to_pylist(), seed) <= bound]
-            return batch.select(["id", "text", "domain"]).take(pa.array(keep, pa.int64()))
+            out = batch.select(["id", "text", "domain"]).take(pa.array(keep, pa.int64()))
+            if cap is None:
+                return out
+            return out.set_column(1, "text", pc.utf8_slice_codeunits(out.column("text"), start=0, stop=cap))
 
         parts = [t for t in ray.get(ds.map_batches(pick, batch_format="pyarrow").to_arrow_refs()) if t.num_rows]
         table = pa.concat_tables(parts)
@@ -324,7 +347,7 @@ class Betr(GlobalStage):
 
         def scored(batch: pa.Table) -> pa.Table:
             idx = np.flatnonzero(scorer.active(batch))
-            texts_b = [t or "" for t in batch.column("text").take(pa.array(idx)).to_pylist()]
+            texts_b = text_heads(batch.column("text").take(pa.array(idx)), p["max_chars"])
             return pa.table({"s": scorer.score(texts_b), "w": token_weights(batch, idx)})
 
         parts = [t for t in ray.get(ds.map_batches(scored, batch_format="pyarrow").to_arrow_refs()) if t.num_rows]
@@ -372,7 +395,7 @@ class Betr(GlobalStage):
         if self.cutoff is None:
             raise RuntimeError(f"stage {self.stage!r}: betr applied without its prepare() pass")
         idx = np.flatnonzero(active)
-        s = self.score([t or "" for t in batch.column("text").take(pa.array(idx)).to_pylist()])
+        s = self.score(text_heads(batch.column("text").take(pa.array(idx)), self.params["max_chars"]))
         values: list[float | None] = [None] * batch.num_rows
         for k, i in enumerate(idx.tolist()):
             values[i] = float(s[k])

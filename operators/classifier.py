@@ -10,12 +10,14 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
 from operators.base import Operator, mark_removed, register
+from operators.models import text_heads
 from operators.selection import band_stage
 from storage.schema import with_column
 
@@ -26,6 +28,8 @@ HQ, CC = "__label__hq", "__label__cc"
 HEAD_FORMAT = "sluice-embedding-head"
 #: characters of a document an embedding model sees (MiniLM truncates at 256 word pieces anyway)
 EMBED_CHARS = 4096
+#: default characters of a document the quality classifier scores (``max_chars``)
+SCORE_CHARS = 100_000
 
 
 # ---------------------------------------------------------------- reading training files
@@ -239,7 +243,14 @@ def train_classifier(
 
 
 # ---------------------------------------------------------------- the operator
-def _check(kind: str, model: str, threshold: float | None, top_fraction: float | None, batch_size: int) -> None:
+def _check(
+    kind: str,
+    model: str,
+    threshold: float | None,
+    top_fraction: float | None,
+    batch_size: int,
+    max_chars: int | None = SCORE_CHARS,
+) -> None:
     if kind not in ("fasttext", "embedding"):
         raise ValueError(f"quality_classifier: kind must be 'fasttext' or 'embedding', got {kind!r}")
     if threshold is not None and top_fraction is not None:
@@ -250,6 +261,8 @@ def _check(kind: str, model: str, threshold: float | None, top_fraction: float |
         raise ValueError(f"quality_classifier: top_fraction must be in (0, 1), got {top_fraction}")
     if batch_size < 1:
         raise ValueError(f"quality_classifier: batch_size must be >= 1, got {batch_size}")
+    if max_chars is not None and max_chars < 1:
+        raise ValueError(f"quality_classifier: max_chars must be >= 1 or null, got {max_chars}")
     if not Path(model).expanduser().is_file():
         hint = "sluice train-classifier --positive FILES --negative FILES -o " + model
         raise ValueError(f"quality_classifier: model file {model!r} does not exist; train one with `{hint}`")
@@ -265,6 +278,11 @@ class QualityClassifier(Operator):
     and applies a logistic head saved as JSON; the stage expands into the equivalent
     ``embedding_classifier`` op, which runs in an actor pool on a GPU when there is one.
 
+    Long documents are scored on a prefix: a document is cut to its first ``max_chars``
+    characters (in Arrow, before it becomes a Python string) before fastText sees it, and the
+    embedding encoder reads at most ``EMBED_CHARS`` (4096) of those, so the work per document is
+    bounded whatever its length; the stored text is not changed.
+
     Selection: ``threshold`` removes rows with ``quality`` below it (``quality_below_threshold``);
     ``top_fraction`` keeps the best fraction of the whole dataset by expanding into a
     ``percentile_filter`` stage named ``<name>_top`` (reason ``quality_below_band``).
@@ -277,6 +295,8 @@ class QualityClassifier(Operator):
         threshold: remove rows with ``quality`` below this.
         top_fraction: keep this fraction of the dataset (DCLM keeps 0.1).
         batch_size: documents per embedding batch.
+        max_chars: score only the first this many characters of a document; null: the whole
+            document (fastText; the embedding encoder never reads more than ``EMBED_CHARS``).
     """
 
     adds = ("quality",)
@@ -291,10 +311,11 @@ class QualityClassifier(Operator):
         threshold: float | None = None,
         top_fraction: float | None = None,
         batch_size: int = 64,
+        max_chars: Annotated[int | None, Field(ge=1)] = SCORE_CHARS,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        _check(kind, model, threshold, top_fraction, batch_size)
+        _check(kind, model, threshold, top_fraction, batch_size, max_chars)
         if top_fraction is not None:
             raise ValueError(
                 "quality_classifier: `top_fraction` is applied by a percentile_filter stage that recipes add "
@@ -304,6 +325,7 @@ class QualityClassifier(Operator):
         self.label = label
         self.threshold = threshold
         self.batch_size = batch_size
+        self.max_chars = max_chars
         path = Path(model).expanduser()
         if kind == "fasttext":
             self.ft = FastTextModel(path)
@@ -322,7 +344,14 @@ class QualityClassifier(Operator):
         from operators.models import check_spec
 
         kind, model = params.get("kind", "fasttext"), params.get("model", "")
-        _check(kind, model, params.get("threshold"), params.get("top_fraction"), params.get("batch_size", 64))
+        _check(
+            kind,
+            model,
+            params.get("threshold"),
+            params.get("top_fraction"),
+            params.get("batch_size", 64),
+            params.get("max_chars", SCORE_CHARS),
+        )
         if kind == "embedding":
             check_spec(params.get("encoder") or load_head(Path(model).expanduser())["encoder"])
 
@@ -340,8 +369,17 @@ class QualityClassifier(Operator):
             )
         return stages
 
+    def chars(self) -> int | None:
+        """Characters of a document the model reads: ``max_chars`` (fastText), at most ``EMBED_CHARS`` (embedding)."""
+        if self.kind == "fasttext":
+            return self.max_chars
+        return EMBED_CHARS if self.max_chars is None else min(self.max_chars, EMBED_CHARS)
+
     def predict(self, texts: list[str]) -> np.ndarray:
-        """P(high quality) per text."""
+        """P(high quality) per text, from its first :meth:`chars` characters."""
+        cap = self.chars()
+        if cap is not None:
+            texts = [t[:cap] for t in texts]
         if self.kind == "fasttext":
             return self.ft.proba(texts, self.label)
         x = embed(self.encoder, texts, self.batch_size)
@@ -349,8 +387,7 @@ class QualityClassifier(Operator):
 
     def apply(self, batch: pa.Table, active: np.ndarray) -> pa.Table:
         idx = np.flatnonzero(active)
-        texts = [t or "" for t in batch.column("text").take(pa.array(idx)).to_pylist()]
-        q = self.predict(texts)
+        q = self.predict(text_heads(batch.column("text").take(pa.array(idx)), self.chars()))
         values: list[float | None] = [None] * batch.num_rows
         for k, i in enumerate(idx.tolist()):
             values[i] = float(q[k])

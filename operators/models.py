@@ -19,6 +19,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +148,19 @@ def _converted(name: str, gguf: Path) -> Path:
         tok.save_pretrained(tmp)
         tmp.rename(out)
     return out
+
+
+def text_heads(texts: Any, max_chars: int | None) -> list[str]:
+    """Python strings of an Arrow string column, each cut to its first ``max_chars`` characters.
+
+    The cut happens in Arrow, so a huge document is never copied whole into Python (nor
+    handed to a model or tokenizer); nulls become ``""``; ``max_chars=None`` cuts nothing.
+    """
+    if max_chars is not None:
+        import pyarrow.compute as pc
+
+        texts = pc.utf8_slice_codeunits(texts, start=0, stop=max_chars)  # code points, like len(str)
+    return [t or "" for t in texts.to_pylist()]
 
 
 def device() -> str:

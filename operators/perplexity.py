@@ -11,6 +11,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from operators.base import Operator, mark_removed, register
+from operators.models import text_heads
 from operators.selection import band_stage
 from storage.schema import with_column
 
@@ -18,7 +19,9 @@ logger = logging.getLogger(__name__)
 
 #: logits elements (batch x positions x vocab) computed at once; bounds memory to ~128 MB in float32
 LOGITS_BUDGET = 1 << 25
-#: characters kept per token of ``max_tokens`` before tokenizing (no token is this long; saves time on huge docs)
+#: characters kept per token of ``max_tokens`` before tokenizing, so the tokenizer never sees a whole huge
+#: document. Text averages ~4 characters a token; only text averaging more than 16 (long runs of one symbol
+#: or of indentation, which single tokens of up to ~80 characters cover) gets fewer than ``max_tokens`` tokens.
 CHARS_PER_TOKEN_CAP = 16
 
 
@@ -54,11 +57,15 @@ class Perplexity(Operator):
     """Score ``ppl`` = exp(mean token NLL) and ``n_tokens_ppl`` (tokens scored) with a causal LM.
 
     Each document is truncated to ``max_tokens`` tokens and prefixed with a document-separator
-    token (``bos``) so that every document token is predicted. Within a Ray batch the documents
-    are sorted by length, scored ``batch_size`` at a time with right padding (so little compute
-    goes to padding), and the scores are put back in the batch's order. The loss is computed
-    from the backbone's hidden states in position chunks, so logits never exceed
-    ``LOGITS_BUDGET`` elements however long the batch. bf16 on a GPU, float32 on CPU.
+    token (``bos``) so that every document token is predicted: the score is that of this
+    prefix. Before tokenizing, the text is cut to its first ``max_tokens`` x
+    ``CHARS_PER_TOKEN_CAP`` (16) characters (in Arrow, before it becomes a Python string), so
+    the work per document is bounded whatever its length; the stored text is not changed.
+    Within a Ray batch the documents are sorted by length, scored ``batch_size`` at a time with
+    right padding (so little compute goes to padding), and the scores are put back in the
+    batch's order. The loss is computed from the backbone's hidden states in position chunks,
+    so logits never exceed ``LOGITS_BUDGET`` elements however long the batch. bf16 on a GPU,
+    float32 on CPU.
 
     Selection (optional): ``max_ppl`` / ``min_ppl`` remove rows row-wise (``ppl_too_high``,
     ``ppl_too_low``). ``keep: {percentile_band: [lo, hi], per_domain: bool}`` expands the stage
@@ -152,7 +159,10 @@ class Perplexity(Operator):
 
     # ------------------------------------------------------------------ scoring
     def encode(self, texts: list[str]) -> list[list[int]]:
-        """Token ids per text: the separator, then at most ``max_tokens`` document tokens."""
+        """Token ids per text: the separator, then at most ``max_tokens`` document tokens.
+
+        The tokenizer sees at most ``max_tokens * CHARS_PER_TOKEN_CAP`` characters of each text.
+        """
         cap = self.max_tokens * CHARS_PER_TOKEN_CAP
         enc = self.tok(
             [t[:cap] for t in texts],
@@ -213,8 +223,8 @@ class Perplexity(Operator):
 
     def apply(self, batch: pa.Table, active: np.ndarray) -> pa.Table:
         idx = np.flatnonzero(active)
-        texts = batch.column("text").take(pa.array(idx)).to_pylist()
-        nll, count = self.score_ids(self.encode([t or "" for t in texts]))
+        texts = text_heads(batch.column("text").take(pa.array(idx)), self.max_tokens * CHARS_PER_TOKEN_CAP)
+        nll, count = self.score_ids(self.encode(texts))
         ppl: list[float | None] = [None] * batch.num_rows
         ntok: list[int | None] = [None] * batch.num_rows
         for k, i in enumerate(idx.tolist()):

@@ -7,11 +7,12 @@ import inspect
 import logging
 import re
 import time
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import Field
 
 from operators.base import Operator, mark_removed, register
 from operators.rephrase_backends import (
@@ -57,6 +58,11 @@ class Rephrase(Operator):
     ``rephrase_missing_prefix`` (the style's required prefix missing), ``rephrase_empty``.
     With ``keep_original: false`` every rephrased original is removed as ``rephrase_replaced``.
 
+    Cost and memory bounds: a document longer than ``max_chars`` characters, or with more than
+    ``max_chunks`` chunks, is left as it is (not rephrased, not removed, whatever
+    ``keep_original``). The ``max_chars`` check reads only the length, so the tokenizer never
+    sees such a document (chunking tokenizes every sentence of a document in one call).
+
     Args:
         styles: styles to write, built-in (``wiki``, ``qa``, ``easy``, ``hard``) or from ``templates``.
         templates: user styles by name: ``{prompt, system, prefix, strip_prefix}`` (see :class:`Template`).
@@ -77,6 +83,8 @@ class Rephrase(Operator):
         sample_fraction: rephrase only this fraction of eligible documents, chosen by a hash of
             (seed, id), so the choice is deterministic and independent of batching.
         max_chunks: leave documents with more chunks than this as they are (a cost bound).
+        max_chars: leave documents longer than this many characters as they are, unchunked (a
+            memory bound); null: no limit.
         batch_size: prompts per generate call (``transformers``).
         engine_kwargs: extra ``vllm.LLM`` arguments (``vllm``).
     """
@@ -105,6 +113,7 @@ class Rephrase(Operator):
         domain_template: str = "{domain}.{style}",
         sample_fraction: float = 1.0,
         max_chunks: int | None = None,
+        max_chars: Annotated[int | None, Field(ge=1)] = 1_000_000,
         batch_size: int = 8,
         engine_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
@@ -123,11 +132,13 @@ class Rephrase(Operator):
             domain_template=domain_template,
             sample_fraction=sample_fraction,
             max_chunks=max_chunks,
+            max_chars=max_chars,
             batch_size=batch_size,
         )
         self.seed = seed
         self.sample_fraction = sample_fraction
         self.max_chunks = max_chunks
+        self.max_chars = max_chars
         self.sampling = Sampling(temperature, top_p, max_new_tokens, seed)
         self.chunk_tokens = chunk_tokens
         self.max_output_tokens = max_output_tokens
@@ -193,10 +204,13 @@ class Rephrase(Operator):
 
     # ------------------------------------------------------------------ work
     def apply(self, batch: pa.Table, active: np.ndarray) -> pa.Table:
-        rows = np.flatnonzero(active).tolist()
-        texts = batch.column("text").to_pylist()
-        chunks = {i: chunk_text(texts[i] or "", self.tok, self.chunk_tokens) for i in rows}
-        rows = [i for i in rows if chunks[i] and (self.max_chunks is None or len(chunks[i]) <= self.max_chunks)]
+        rows = np.flatnonzero(active)
+        col = batch.column("text").take(pa.array(rows))
+        if self.max_chars is not None:  # by length only: an over-long text is never copied or tokenized
+            fits = pc.utf8_length(col).fill_null(0).to_numpy(zero_copy_only=False) <= self.max_chars
+            rows, col = rows[fits], col.filter(pa.array(fits))
+        chunks = {i: chunk_text(t or "", self.tok, self.chunk_tokens) for i, t in zip(rows.tolist(), col.to_pylist())}
+        rows = [i for i in chunks if chunks[i] and (self.max_chunks is None or len(chunks[i]) <= self.max_chunks)]
         ids = batch.column("id").to_pylist()
         requests = []
         for i in rows:
@@ -299,6 +313,7 @@ def _check(
     sample_fraction: float,
     max_chunks: int | None,
     batch_size: int,
+    max_chars: int | None = None,
 ) -> tuple[list[str], dict[str, Template], Endpoint | None]:
     """Validate the settings; return (styles, every known template, endpoint)."""
     user = {k: v if isinstance(v, Template) else Template.model_validate(v) for k, v in (templates or {}).items()}
@@ -332,6 +347,8 @@ def _check(
         raise ValueError(f"rephrase: sample_fraction must be in (0, 1], got {sample_fraction}")
     if max_chunks is not None and max_chunks < 1:
         raise ValueError(f"rephrase: max_chunks must be >= 1, got {max_chunks}")
+    if max_chars is not None and max_chars < 1:
+        raise ValueError(f"rephrase: max_chars must be >= 1, got {max_chars}")
     if max_output_tokens is not None and max_output_tokens < 1:
         raise ValueError(f"rephrase: max_output_tokens must be >= 1, got {max_output_tokens}")
     try:

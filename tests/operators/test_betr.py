@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 
-from operators.betr import Betr, hash64, load_targets, rank_scores, target_text
+from operators.betr import NEG, POS, Betr, hash64, load_targets, rank_scores, target_text
+from operators.classifier import train_fasttext
 from pipelines.recipe import RecipeError, parse_recipe
 from pipelines.runner import run
 from storage.shards import read_shards
-from tests.conftest import write_jsonl
+from tests.conftest import make_batch, write_jsonl
 from tests.operators.test_classifier import TOPICS, topic_doc
 
 
@@ -98,3 +99,20 @@ def test_shipped_recipe_validates(tmp_path, monkeypatch):
     write_jsonl(tmp_path / "data" / "demo" / "docs" / "docs.jsonl.gz", [])
     r = load_recipe(recipe, check_inputs=False)
     assert r.stages[-1].op == "betr" and r.stages[-1].params["sample_size"] == 300
+
+
+def test_fasttext_scores_a_bounded_prefix_of_long_documents(tmp_path):
+    t = write_jsonl(tmp_path / "t.jsonl", [{"question": "q", "answer": "a"}])
+    texts = [topic_doc("cooking", i) for i in range(20)] + [topic_doc("sports", i) for i in range(20)]
+    model = train_fasttext(texts, [POS] * 20 + [NEG] * 20, bucket=10_000, minCount=1)
+    op = Betr(stage="b", targets=str(t), max_chars=500, _model=model.to_bytes(), _cutoff=0.5)
+    seen: list[int] = []
+    proba = op.model().proba
+    op.model().proba = lambda xs, label: seen.extend(len(x) for x in xs) or proba(xs, label)
+    huge = " ".join(topic_doc("cooking", i) for i in range(4000))  # ~1 MB
+    out = op(make_batch([huge, "short"]))
+    assert seen == [500, 5]
+    assert out.column("betr")[0].as_py() == pytest.approx(float(proba([huge[:500]], POS)[0]))
+    assert out.column("text")[0].as_py() == huge
+    with pytest.raises(ValueError, match="max_chars must be >= 1 or null, got 0"):
+        Betr.validate_params(stage="b", targets=str(t), max_chars=0)

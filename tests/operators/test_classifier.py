@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from operators.classifier import QualityClassifier, read_docs, train_classifier
+from operators.classifier import EMBED_CHARS, QualityClassifier, read_docs, train_classifier
 from pipelines.recipe import RecipeError, parse_recipe
 from pipelines.runner import run
 from storage.schema import READ_SCHEMA
@@ -205,3 +205,31 @@ def test_shipped_recipe_validates(files, tmp_path, monkeypatch):
     train_classifier([str(pos)], [str(neg)], "out/models/quality.bin", bucket=1000)
     r = load_recipe(recipe, check_inputs=False)
     assert [s.stage_name for s in r.stages][-2:] == ["quality", "quality_top"]
+
+
+def test_long_documents_are_scored_on_a_bounded_prefix(files, tmp_path):
+    _, pos, neg = files
+    train_classifier([str(pos)], [str(neg)], str(tmp_path / "q.bin"), epoch=5, bucket=10_000)
+    op = QualityClassifier(stage="q", model=str(tmp_path / "q.bin"), max_chars=1000)
+    seen: list[int] = []
+    proba = op.ft.proba
+    op.ft.proba = lambda texts, label: seen.extend(len(t) for t in texts) or proba(texts, label)
+    huge = " ".join(topic_doc("cooking", i) for i in range(6000))  # ~1.6 MB
+    out = op(_batch([huge, "short"]))
+    assert seen == [1000, 5]
+    assert out.column("quality")[0].as_py() == pytest.approx(float(proba([huge[:1000]], op.label)[0]))
+    assert QualityClassifier(stage="q", model=str(tmp_path / "q.bin"), max_chars=None).chars() is None
+    with pytest.raises(ValueError, match="max_chars must be >= 1 or null, got 0"):
+        QualityClassifier.validate_params(stage="q", model=str(tmp_path / "q.bin"), max_chars=0)
+    # the embedding encoder reads at most EMBED_CHARS (or max_chars if smaller)
+    train_classifier([str(pos)], [str(neg)], str(tmp_path / "h.json"), kind="embedding", validation_fraction=0)
+    emb = QualityClassifier(stage="q", kind="embedding", model=str(tmp_path / "h.json"))
+    encode = emb.encoder.encode
+    emb.encoder.encode = lambda texts, **kw: seen.extend(len(t) for t in texts) or encode(texts, **kw)
+    seen.clear()
+    emb(_batch([huge, "short"]))
+    assert seen == [EMBED_CHARS, 5]
+    seen.clear()
+    emb.max_chars = 100
+    emb(_batch([huge]))
+    assert seen == [100]

@@ -8,12 +8,13 @@ import pyarrow as pa
 import pytest
 
 from operators.models import ModelError
-from operators.perplexity import Perplexity
+from operators.perplexity import CHARS_PER_TOKEN_CAP, Perplexity
 from pipelines.recipe import RecipeError, parse_recipe
 from pipelines.runner import run
 from storage.schema import READ_SCHEMA
 from storage.shards import read_shards
 from tests.conftest import write_jsonl
+from tests.operators.test_tokenize import Spy
 
 FLUENT = [
     "The history of the city goes back to Roman times, when a small fort was built to guard the river crossing.",
@@ -146,3 +147,17 @@ def test_shipped_recipe_validates():
 
     r = load_recipe(Path(__file__).parents[2] / "pipelines" / "recipes" / "perplexity.yaml", check_inputs=False)
     assert [s.op for s in r.stages][-2:] == ["perplexity", "percentile_filter"]
+
+
+def test_the_tokenizer_sees_at_most_the_character_budget(scorer, monkeypatch):
+    spy = Spy(scorer.tok)
+    monkeypatch.setattr(scorer, "tok", spy)
+    huge = " ".join(FLUENT) * 4000  # ~2.6 MB
+    out = scorer(_batch([huge, FLUENT[0]]))
+    budget = scorer.max_tokens * CHARS_PER_TOKEN_CAP
+    assert max(n for call in spy.calls for n in call) == budget == 32 * 16
+    assert out.column("n_tokens_ppl").to_pylist()[0] == 32
+    # the score is the prefix's, and the stored text is unchanged
+    prefix = scorer(_batch([huge[:budget]])).column("ppl")[0].as_py()
+    assert out.column("ppl")[0].as_py() == pytest.approx(prefix, rel=1e-3)
+    assert out.column("text")[0].as_py() == huge

@@ -16,6 +16,7 @@ from pipelines.runner import run
 from storage.shards import read_shards
 from tests.conftest import make_batch, write_jsonl
 from tests.operators.rephrase_servers import PREFIX, FakeOpenAI, Reply, TransformersServe, chunk_of, echo
+from tests.operators.test_tokenize import Spy
 
 FACTS = [
     "Water boils at one hundred degrees Celsius at sea level. At higher altitudes it boils at a lower point.",
@@ -260,6 +261,21 @@ def test_sample_fraction_and_max_chunks_bound_what_is_rephrased():
         out = fake_op(server, max_chunks=2, chunk_tokens=60)(make_batch([long_doc(4), FACTS[0]]))
     assert list(synthetic(out)) == ["d1/wiki"]  # the 12-chunk document is left as it is
     assert out.column("reason").to_pylist() == [None, None, None]
+
+
+def test_documents_over_max_chars_are_left_as_they_are_untokenized():
+    text = long_doc(4)
+    with FakeOpenAI() as server:
+        op = fake_op(server, max_chars=len(text) - 1, keep_original=False)
+        op.tok = Spy(op.tok)
+        out = op(make_batch([text, FACTS[0]]))
+    assert list(synthetic(out)) == ["d1/wiki"]
+    assert out.column("reason").to_pylist() == [None, "rephrase_replaced", None]  # d0 untouched, d1 replaced
+    assert 0 < sum(n for call in op.tok.calls for n in call) <= len(FACTS[0])  # d0 never reached the tokenizer
+    with pytest.raises(RecipeError, match="greater than or equal to 1"):
+        parse_recipe("inputs: [{path: x, domain: web}]\nstages: [{op: rephrase, max_chars: 0}]", check_inputs=False)
+    with pytest.raises(ValueError, match="max_chars must be >= 1, got 0"):
+        Rephrase.validate_params(stage="r", max_chars=0)
 
 
 def test_settings_fail_at_validation_with_useful_messages(tmp_path):

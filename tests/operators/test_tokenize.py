@@ -1,9 +1,18 @@
-"""tokenize writes ids with EOS; split is a deterministic per-domain holdout."""
+"""tokenize writes ids with EOS, in bounded calls that match whole-document tokenization; split is a
+deterministic per-domain holdout."""
 
+import itertools
+import random
+import sysconfig
+from pathlib import Path
+
+import numpy as np
 import pyarrow as pa
 import pytest
+from pydantic import ValidationError
 
-from operators.tokenize import Split, Tokenize
+from operators.base import params_model
+from operators.tokenize import Split, Tokenize, exact_cuts, pieces
 from storage.schema import READ_SCHEMA
 
 
@@ -48,3 +57,122 @@ def test_split_is_deterministic_and_near_the_fraction():
 def test_split_rejects_bad_fractions():
     with pytest.raises(ValueError, match=r"fraction for 'holdout_fraction' must be in \[0, 1\), got 1.5"):
         Split(stage="split", holdout_fraction=1.5)
+
+
+# ------------------------------------------------------------------ bounded work per document
+SUBJECTS = ["The old miller", "Our committee", "A small fort", "She", "Water", "The 3rd team", "Élodie's cousin"]
+VERBS = ["guarded", "discussed", "boiled near", "opened", "walked past", "re-read", "couldn't find"]
+OBJECTS = ["the river crossing", "budget #42", "100 °C", "the door", "a long park", "“the final”", "x = f(a, b)"]
+ENDS = [".", "!", "?", "...", ";", " — really.", ": yes."]
+
+
+def prose(chars: int, seed: int = 0) -> str:
+    """Ordinary prose of varied sentences and paragraphs, about ``chars`` characters long."""
+    rng = random.Random(seed)
+    out, n = [], 0
+    while n < chars:
+        sentence = f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)} in {rng.randrange(1000, 2100)}"
+        sep = rng.choice([" ", " ", " ", " ", "\n", "\n\n", "  ", "\t"])
+        out.append(sentence + rng.choice(ENDS) + sep)
+        n += len(out[-1])
+    return "".join(out)
+
+
+def stdlib_source() -> str:
+    return (Path(sysconfig.get_paths()["stdlib"]) / "argparse.py").read_text()
+
+
+class Spy:
+    """Wraps a tokenizer; records the character count of every text of every call."""
+
+    def __init__(self, tok):
+        self.tok, self.calls = tok, []
+
+    def __call__(self, texts, **kw):
+        self.calls.append([len(t) for t in ([texts] if isinstance(texts, str) else texts)])
+        return self.tok(texts, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return Tokenize(stage="tokenize").tok
+
+
+def whole(tok, text):
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_pieces_join_back_and_end_at_spaces_or_newlines():
+    text = prose(50_000)
+    parts = list(pieces(text, 1000))
+    assert "".join(parts) == text and len(parts) > 50
+    assert all(0 < len(p) <= 1000 for p in parts)
+    for a, b in itertools.pairwise(parts):  # before a space or after a newline, between two non-spaces
+        assert (b[0] == " " and not b[1].isspace()) or (a[-1] == "\n" and not b[0].isspace())
+        assert not a[-1].isspace() or a[-1] == "\n"
+    assert list(pieces("x" * 2500, 1000)) == ["x" * 1000, "x" * 1000, "x" * 500]  # no boundary: hard cuts
+    assert list(pieces("", 10)) == [""] and list(pieces("short", 10)) == ["short"]
+
+
+@pytest.mark.parametrize("source", ["stdlib", "prose"])
+def test_chunked_tokenization_equals_whole_document_tokenization(tok, source):
+    text = stdlib_source() if source == "stdlib" else prose(120_000, seed=1)
+    op = Tokenize(stage="tokenize", chunk_chars=3_000)
+    assert op.exact_cuts
+    op.tok = Spy(op.tok)
+    out = op(_batch([text, "Hello world"]))
+    assert len(op.tok.calls) > 30  # really cut into many pieces
+    assert out.column("tokens").to_pylist() == [[*whole(tok, text), op.eos], [*whole(tok, "Hello world"), op.eos]]
+    assert out.column("n_tokens").to_pylist()[0] == len(whole(tok, text)) + 1
+
+
+def test_a_document_over_max_chars_is_removed_untokenized():
+    op = Tokenize(stage="tok", max_chars=100)
+    op.tok = Spy(op.tok)
+    out = op(_batch(["short one", "word " * 30, "x" * 100, "also short"], removed=(3,)))
+    assert out.column("reason").to_pylist() == [None, "tokenize_too_long", None, "x"]
+    assert out.column("stage").to_pylist()[1] == "tok"
+    assert out.column("tokens").to_pylist()[1] is None and out.column("n_tokens").to_pylist()[1] is None
+    assert out.column("n_tokens").to_pylist()[3] is None
+    assert sorted(n for call in op.tok.calls for n in call) == [9, 100]  # the tokenizer never saw the long one
+    assert Tokenize(stage="t", max_chars=None)(_batch(["word " * 30])).column("reason").to_pylist() == [None]
+
+
+def test_a_multi_megabyte_document_goes_to_the_tokenizer_a_chunk_at_a_time(tok):
+    text = prose(3_000_000, seed=2)
+    op = Tokenize(stage="tokenize")
+    op.tok = Spy(op.tok)
+    out = op(_batch([text, "Hello", "world"]))
+    assert max(sum(call) for call in op.tok.calls) <= op.chunk_chars == 100_000
+    assert len(op.tok.calls) >= 30
+    ids = out.column("tokens")[0].values.to_numpy()
+    assert np.array_equal(ids[:-1], np.asarray(whole(tok, text), dtype=np.int32)) and ids[-1] == op.eos
+    # with max_tokens, pieces past the limit are never tokenized
+    capped = Tokenize(stage="tokenize", max_tokens=1000)
+    capped.tok = Spy(capped.tok)
+    assert capped(_batch([text])).column("tokens").to_pylist()[0] == [*ids[:1000].tolist(), op.eos]
+    assert len(capped.tok.calls) == 1
+
+
+def test_new_limits_are_validated():
+    with pytest.raises(ValueError, match="max_chars must be >= 1 or null, got 0"):
+        Tokenize.validate_params(stage="t", max_chars=0)
+    with pytest.raises(ValueError, match="chunk_chars must be >= 1, got 0"):
+        Tokenize(stage="t", chunk_chars=0)
+    model = params_model(Tokenize)
+    assert model.model_validate({}).model_dump()["max_chars"] == 10_000_000
+    assert model.model_validate({"max_chars": None}).max_chars is None
+    for bad in ({"max_chars": 0}, {"chunk_chars": 0}):
+        with pytest.raises(ValidationError, match="greater than or equal to 1"):
+            model.model_validate(bad)
+
+
+def test_exact_cuts_detects_a_tokenizer_that_marks_every_call_start(tok):
+    class Prefixing:  # like SentencePiece's Metaspace: the start of each call is special
+        def __call__(self, texts, **kw):
+            return {"input_ids": [[1, *tok(t, add_special_tokens=False)["input_ids"]] for t in texts]}
+
+    assert exact_cuts(tok) and not exact_cuts(Prefixing())
