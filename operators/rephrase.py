@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
-import re
 import time
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -26,12 +25,10 @@ from operators.rephrase_backends import (
     vllm_missing,
 )
 from operators.rephrase_text import STYLE_RE, STYLES, Chunk, Template, chunk_text
+from storage.run import check_name
 from storage.schema import ERROR, REASON, STAGE, with_column
 
 logger = logging.getLogger(__name__)
-
-#: what a domain may look like (as pipelines.recipe checks input domains): it names a shard directory
-DOMAIN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def synthetic_id(parent_id: str, style: str) -> str:
@@ -352,14 +349,14 @@ def _check(
     if max_output_tokens is not None and max_output_tokens < 1:
         raise ValueError(f"rephrase: max_output_tokens must be >= 1, got {max_output_tokens}")
     try:
-        example = domain_template.format(domain="web", style=styles[0])
+        domain_template.format(domain="web", style=styles[0])
     except (KeyError, IndexError, ValueError) as e:
         raise ValueError(
             f"rephrase: domain_template {domain_template!r} may use only {{domain}} and {{style}} ({e!r})"
         ) from None
-    if not DOMAIN_RE.match(example):
-        raise ValueError(
-            f"rephrase: domain_template {domain_template!r} gives domain {example!r}, which must match "
-            f"{DOMAIN_RE.pattern} (it names a directory)"
-        )
+    for style in styles:  # every synthetic domain names a shard directory
+        try:
+            check_name("domain", domain_template.format(domain="web", style=style))
+        except ValueError as e:
+            raise ValueError(f"rephrase: domain_template {domain_template!r} with style {style!r}: {e}") from None
     return styles, known, ep

@@ -289,7 +289,7 @@ def test_settings_fail_at_validation_with_useful_messages(tmp_path):
         "{op: rephrase, top_p: 0}": "top_p must be in (0, 1]",
         "{op: rephrase, sample_fraction: 1.5}": "sample_fraction must be in (0, 1]",
         "{op: rephrase, domain_template: '{lang}.{style}'}": "may use only {domain} and {style}",
-        "{op: rephrase, domain_template: '{domain}/{style}'}": "gives domain 'web/wiki', which must match",
+        "{op: rephrase, domain_template: '{domain}/{style}'}": "domain 'web/wiki' is not allowed",
         "{op: rephrase, endpoint: {base_url: 'http://x', model: m}}": "only for backend 'openai'",
         "{op: rephrase, backend: openai, endpoint: {base_url: 'http://x', model: m, qps: 0}}": "greater than 0",
     }
