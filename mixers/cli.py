@@ -46,6 +46,13 @@ def _params(param: list[str] | None, weights: str | None, temperature: float | N
     return out
 
 
+def _one_line(e: BaseException) -> str:
+    """``e``'s message as one line, after its type unless it is a ValueError or OSError (messages of ours)."""
+    lines = str(e).strip().splitlines()
+    text = lines[0] if lines else ""
+    return text if isinstance(e, (ValueError, OSError)) and text else f"{type(e).__name__}: {text}".rstrip(": ")
+
+
 def serve(
     out: str = typer.Argument(..., help="Run directory whose shards were tokenized (and split) by `sluice curate`."),
     mixer: str = typer.Option(
@@ -122,8 +129,13 @@ def serve(
             tls_key=tls_key,
             log_every=log_every,
         )
-    except (ValueError, FileNotFoundError, OSError) as e:
-        typer.echo(f"error: {e}", err=True)
+    except typer.BadParameter:
+        raise  # typer prints it with the usage
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except Exception as e:  # one line, not a traceback (with -v the traceback is logged)
+        logging.getLogger(__name__).debug("start-up failed", exc_info=e)
+        typer.echo(f"error: {_one_line(e)}", err=True)
         raise typer.Exit(2) from None
     eng = server.engine
     tok = ", ".join(f"{d} {n:,}" for d, n in eng.train_tokens.items())

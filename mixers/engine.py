@@ -18,13 +18,18 @@ import numpy as np
 from mixers.base import REPORT, REPORT_ALIGNMENT, REPORT_EVAL, MixingAlgorithm, build, normalize_weights
 from mixers.corpus import HOLDOUT, TRAIN, Corpus
 from mixers.feedback import FeedbackError, StepFeedback, parse_alignment, parse_eval, parse_report
-from mixers.sampler import GlobalBatch, PackedStream, build_batch, pack_holdout
+from mixers.sampler import GlobalBatch, PackedStream, build_batch, pack_holdout, slot_domains
 from mixers.state import Schedule, check_state, make_state
 
 logger = logging.getLogger(__name__)
 
 #: steps of snapshots and feedback kept: checkpoints and feedback must be within this window
 RETAIN = 4096
+#: seconds a train request for a rank that has an open stream waits for that stream to end before it is refused
+CLAIM_WAIT = 2.0
+#: seconds a `report` of a step not produced yet waits for it (a trainer re-sending its reports to a
+#: server resumed from an older state is ahead of it)
+REPORT_WAIT = 30.0
 
 
 class MixerFailed(RuntimeError):
@@ -149,7 +154,7 @@ class MixerEngine:
         self._next = self.base
         self._cursors = cursors
         self._want = self.base + max(config.prefetch, 1) - 1  # furthest step asked for + prefetch
-        self._want_explicit = self.base - 1  # furthest step a checkpoint asked for
+        self._want_explicit = self.base - 1  # furthest step a checkpoint or a `report` asked for
         self._batches: OrderedDict[int, GlobalBatch] = OrderedDict()
         self._fetched: dict[int, set[int]] = {}
         self._snapshots: OrderedDict[int, _Snapshot] = OrderedDict()
@@ -160,6 +165,7 @@ class MixerEngine:
         self._idle = False  # the producer waits for demand (see `_wake_producer`)
         # serving statistics
         self._ranks: dict[int, dict[str, Any]] = {}
+        self._claims = 0  # train streams accepted so far (a claim's id)
         self._served = np.zeros(len(self.domains), np.int64)
         self._samples: deque[tuple[float, np.ndarray]] = deque(maxlen=120)
         self._last_loss: dict[str, float] = {}
@@ -345,20 +351,43 @@ class MixerEngine:
             }
 
     # ------------------------------------------------------------------ serving
-    def register_world(self, rank: int, world: int) -> None:
-        """Check a train request's rank and world against the server's (the first request fixes the world)."""
+    def check_train(self, rank: int, world: int, step: int) -> None:
+        """Check a train request's rank, world and step against the server's; changes nothing."""
         if world < 1 or self.config.global_batch % world:
             raise RequestError(f"world {world} must be >= 1 and divide global_batch {self.config.global_batch}")
         if not 0 <= rank < world:
             raise RequestError(f"rank {rank} must be in [0, {world})")
         with self._cv:
-            if self._world is None:
-                self._world = world
-            elif world != self._world:
+            if self._world is not None and world != self._world:
                 raise RequestError(
                     f"world {world} differs from this server's world {self._world}; "
                     "every rank of a job uses the same world size (restart the server to change it)"
                 )
+            self.check_step(step)
+
+    def open_stream(self, rank: int, world: int, step: int, wait: float = CLAIM_WAIT) -> int:
+        """Check a train request (:meth:`check_train`) and claim ``rank`` for its stream; return the claim
+        for :meth:`stream_closed`. A rank has one stream at a time: if another holds it, wait up to ``wait``
+        s for that one to end (a client that reconnects may be faster than the server noticing its old
+        stream is gone), then refuse. Only an accepted request fixes the world size."""
+        self.check_train(rank, world, step)
+        deadline = time.monotonic() + wait
+        with self._cv:
+            while (r := self._ranks.get(rank, {})).get("claim") is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RequestError(
+                        f"rank {rank} already has an open train stream (at step {r.get('next_step', '?')}); "
+                        f"a rank may have one stream at a time: does another trainer use rank {rank}?"
+                    )
+                self._cv.wait(min(left, 0.05))
+            self.check_train(rank, world, step)  # again: the world or the window may have moved meanwhile
+            if self._world is None:
+                self._world = world
+            self._claims += 1
+            r = self._ranks.setdefault(rank, {"streams": 0})
+            r.update(claim=self._claims, streams=1, last_seen=time.time())
+            return self._claims
 
     def check_step(self, step: int) -> None:
         with self._cv:
@@ -415,16 +444,13 @@ class MixerEngine:
             self._ranks.setdefault(rank, {"streams": 0})["next_step"] = step + 1
             self._wake_producer()
 
-    def stream_opened(self, rank: int) -> None:
+    def stream_closed(self, rank: int, claim: int) -> None:
+        """Release ``rank``'s claim from :meth:`open_stream` (once its stream has ended or sent its last step)."""
         with self._cv:
-            r = self._ranks.setdefault(rank, {"streams": 0})
-            r["streams"] += 1
-            r["last_seen"] = time.time()
-
-    def stream_closed(self, rank: int) -> None:
-        with self._cv:
-            self._ranks[rank]["streams"] -= 1
-            self._wake_producer()
+            r = self._ranks[rank]
+            if r.get("claim") == claim:
+                r.update(claim=None, streams=0)
+                self._wake_producer()
 
     # ------------------------------------------------------------------ feedback
     def feedback(self, kind: str, body: Any) -> dict[str, Any]:
@@ -443,13 +469,13 @@ class MixerEngine:
             lo, hi = max(0, self._next - RETAIN), self._next + RETAIN
             if not lo <= step < hi:
                 raise FeedbackError(f"{kind}: step {step} is outside the feedback window [{lo}, {hi})")
+            if kind == REPORT:
+                self._check_tokens(step, rank, world, tokens)
             fb = self._feedback.get(step) or StepFeedback(step)
             if kind == REPORT:
-                if self._world is None:
-                    self._world = world
-                if world != self._world:
-                    raise FeedbackError(f"{kind}: world {world} differs from this server's world {self._world}")
                 fb.add_report(rank, loss, tokens, ref)
+                if self._world is None:  # only an accepted report fixes the world
+                    self._world = world
                 mean = {d: loss[d] / tokens[d] for d in loss if tokens[d] > 0}
                 self._last_loss.update(mean)
             else:
@@ -459,6 +485,44 @@ class MixerEngine:
             self._feedback[step] = fb
             self._cv.notify_all()
             return {"ok": True, "step": step, "closed_through": self._closed}
+
+    def _check_tokens(self, step: int, rank: int, world: int, tokens: dict[str, int]) -> None:
+        """Refuse a `report` whose world is not the server's or that claims more tokens of a domain than
+        ``rank``'s slice of ``step`` holds (fewer is fine: a trainer may mask positions). A step not
+        produced yet is waited for, up to REPORT_WAIT s. Holds ``_cv``."""
+        B = self.config.global_batch
+
+        def check_world() -> None:
+            if B % world:
+                raise FeedbackError(f"{REPORT}: world {world} must divide global_batch {B}")
+            if self._world is not None and world != self._world:
+                raise FeedbackError(f"{REPORT}: world {world} differs from this server's world {self._world}")
+
+        check_world()
+        if step >= self._next:
+            self._want_explicit = max(self._want_explicit, step)
+            self._cv.notify_all()
+            deadline = time.monotonic() + REPORT_WAIT
+            while step >= self._next:
+                if self.failed:
+                    raise MixerFailed(self.failed)
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stop.is_set():
+                    raise FeedbackError(f"{REPORT}: step {step} has not been produced (next step: {self._next})")
+                self._ready.wait(min(left, 0.5))
+            check_world()
+        try:
+            weights, exact = self._weights_vec(step)
+        except ValueError:
+            raise FeedbackError(f"{REPORT}: step {step} is before this server's schedule") from None
+        per = B // world
+        ids = slot_domains(self.config.seed, step, B, weights, exact)[rank * per : (rank + 1) * per]
+        served = dict(zip(self.domains, (np.bincount(ids, minlength=len(self.domains)) * self.config.seq_len).tolist()))
+        over = ", ".join(f"{d}: {n} > {served[d]}" for d, n in sorted(tokens.items()) if n > served[d])
+        if over:
+            raise FeedbackError(
+                f"{REPORT}: `tokens` exceed what rank {rank} of {world} was served of step {step} ({over})"
+            )
 
     # ------------------------------------------------------------------ state
     def checkpoint(self, step: int | None = None, timeout: float = 30.0) -> dict[str, Any]:

@@ -117,6 +117,14 @@ def place_exact(seed: int, step: int, counts: np.ndarray) -> np.ndarray:
     return ids[permutation(key64(SALT_DRAW, seed, step, 1), len(ids))]
 
 
+def slot_domains(seed: int, step: int, global_batch: int, weights: np.ndarray, exact: bool = False) -> np.ndarray:
+    """Domain ids (int16) of the ``global_batch`` slots of ``step``: drawn from ``weights``, or (``exact``)
+    exactly the per-domain counts of :func:`exact_counts` placed by hash. Depends on nothing else."""
+    if exact:
+        return place_exact(seed, step, exact_counts(weights, global_batch))
+    return draw_domains(seed, step, global_batch, weights)
+
+
 class PackedStream:
     """One domain's infinite stream of training tokens, packed into sequences by position.
 
@@ -307,10 +315,7 @@ def build_batch(
     """Global step ``step``: draw each slot's domain (or, ``exact``, place exact per-domain counts),
     then fill the slots of each domain, in slot order, with that domain's next packed sequences
     starting at its cursor."""
-    if exact:
-        drawn = place_exact(seed, step, exact_counts(weights, global_batch))
-    else:
-        drawn = draw_domains(seed, step, global_batch, weights)
+    drawn = slot_domains(seed, step, global_batch, weights, exact)
     ids, ids_buf = _arrow_backed((global_batch,), np.int16)
     ids[:] = drawn
     out, out_buf = _arrow_backed((global_batch, seq_len), streams[0].corpus.token_type)

@@ -29,9 +29,29 @@ Protocol (every ticket and action body is JSON):
     ``checkpoint`` {step?} → the state JSON; ``status`` → step, weights, tokens/s per
     domain, connected ranks, what the producer waits for; ``info`` → domains, seq_len, ….
 
-Bad tickets and bodies get a ``FlightServerError`` naming the problem; the server goes
-on serving. Binding anything but a loopback address requires a token: every call must
-then carry ``authorization: Bearer <token>``. TLS is on when a certificate and key are given.
+Bad tickets and bodies get a ``FlightServerError`` with a one-line message naming the problem —
+never a traceback or a file path: an unexpected error is logged here with its traceback and
+the client gets ``<what>: internal server error (<type>)`` — and the server goes on serving.
+
+Limits, checked before a request is used (constants here and in :mod:`mixers.engine`):
+``MAX_TICKET_BYTES`` (64 KiB) per ticket and ``MAX_ACTION_BYTES`` (1 MiB) per action body,
+before parsing; ``MAX_JSON_DEPTH`` (16) levels of nesting; ``MAX_GROUP`` steps a message.
+A ``report``'s ``tokens`` of a domain may not exceed that domain's tokens in the rank's slice
+of the step (``seq_len`` per sequence; fewer is fine: trainers may mask positions); a report of
+a step not produced yet — a trainer re-sending its reports to a server resumed from an older
+state — waits up to ``REPORT_WAIT`` (30 s) for it. Only an accepted train ticket or report
+fixes the server's world size.
+
+One stream per rank: a train ticket for a rank that has an open train stream waits up to
+``CLAIM_WAIT`` (2 s) for that stream to end, then is refused (``rank r already has an open
+train stream``). A stream ends when its client cancels it or disconnects (noticed within about
+0.5 s), when the server stops, and — for a ticket with ``steps`` — as its last step is sent. So a
+``MixtureStream`` that reconnects (after a server restart, after its own stream broke, on
+``load_state_dict``) is served, and a second trainer using the same rank is refused. A client
+whose machine vanished without closing its connection holds its rank until gRPC notices.
+
+Binding anything but a loopback address requires a token: every call must then carry
+``authorization: Bearer <token>``. TLS is on when a certificate and key are given.
 """
 
 from __future__ import annotations
@@ -40,6 +60,8 @@ import hmac
 import ipaddress
 import json
 import logging
+import re
+import socket
 import threading
 import time
 from pathlib import Path
@@ -66,6 +88,11 @@ ACTIONS = {
 }
 DEFAULT_EVAL_SEQUENCES = 64
 MAX_GROUP = 64  # steps a train message may carry
+MAX_ACTION_BYTES = 1 << 20  # an action body larger than this is refused before it is parsed
+MAX_TICKET_BYTES = 64 << 10  # likewise a ticket
+MAX_JSON_DEPTH = 16  # nesting of arrays and objects in a body or ticket (a `report` has 2)
+MAX_MESSAGE = 400  # characters of an error message sent to a client
+_PATH = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?[/\\](?:[^\s'\"/\\]+[/\\])+[^\s'\"/\\]*")  # 2+ parts
 
 
 def is_loopback(host: str) -> bool:
@@ -75,6 +102,21 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _listen_problem(host: str, port: int, tls: bool) -> str:
+    """Why a server could not listen on ``host:port``, found by binding a plain socket there."""
+    try:
+        family, _, _, _, addr = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)[0]
+    except OSError as e:
+        return f"cannot resolve the host ({e.strerror or e})"
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as e:
+            return (e.strerror or str(e)).lower()
+    return "gRPC did not start" + (" (are the TLS certificate and key PEM, and a pair?)" if tls else "")
 
 
 class BearerTokenFactory(flight.ServerMiddlewareFactory):
@@ -91,14 +133,53 @@ class BearerTokenFactory(flight.ServerMiddlewareFactory):
         raise flight.FlightUnauthenticatedError("missing or wrong bearer token")
 
 
-def _json(raw: bytes, what: str) -> dict[str, Any]:
+def _json(raw: bytes | pa.Buffer | None, what: str, limit: int) -> dict[str, Any]:
+    """A ticket or action body as a JSON object: at most ``limit`` bytes, nested at most MAX_JSON_DEPTH deep."""
+    size = 0 if raw is None else len(raw)
+    if size > limit:
+        raise RequestError(f"{what}: {size:,} bytes is more than the {limit:,} allowed")
+    if isinstance(raw, pa.Buffer):
+        raw = raw.to_pybytes()
+    too_deep = RequestError(f"{what}: JSON nested more than {MAX_JSON_DEPTH} deep")
     try:
         body = json.loads(raw.decode() if raw else "{}")
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except RecursionError:  # nested deeper than the parser goes
+        raise too_deep from None
+    except ValueError as e:  # also UnicodeDecodeError, and integers of more than 4300 digits
         raise RequestError(f"{what}: not valid JSON ({e})") from None
+    if _depth(body) > MAX_JSON_DEPTH:
+        raise too_deep
     if not isinstance(body, dict):
         raise RequestError(f"{what}: expected a JSON object, got {type(body).__name__}")
     return body
+
+
+def _depth(value: Any) -> int:
+    """How deep arrays and objects nest in parsed JSON (a scalar: 0); stops counting past MAX_JSON_DEPTH."""
+    depth, level = 0, [value]
+    while depth <= MAX_JSON_DEPTH and (level := [x for x in level if isinstance(x, (dict, list))]):
+        depth += 1
+        level = [c for x in level for c in (x.values() if isinstance(x, dict) else x)]
+    return depth
+
+
+def _client_error(what: str, e: Exception) -> flight.FlightServerError:
+    """The error a client gets for ``e``: a short message, never a traceback or a file path. Errors that
+    are not a refusal of the request are logged here with their traceback."""
+    if isinstance(e, (RequestError, FeedbackError)):
+        msg = str(e)
+    elif isinstance(e, MixerFailed):
+        msg = f"mixer failed: {e}"
+    else:
+        logger.warning("%s: unexpected error", what, exc_info=e)
+        msg = f"{what}: internal server error ({type(e).__name__}); the server log has the details"
+    return flight.FlightServerError(_redact(msg))
+
+
+def _redact(msg: str) -> str:
+    """``msg``'s first line, file paths replaced by ``<path>``, at most MAX_MESSAGE characters."""
+    line = _PATH.sub("<path>", msg.strip().split("\n", 1)[0])
+    return line if len(line) <= MAX_MESSAGE else line[: MAX_MESSAGE - 1] + "…"
 
 
 def _get_int(body: dict, key: str, default: int | None = None, lo: int = 0) -> int:
@@ -144,7 +225,12 @@ class MixerServer(flight.FlightServerBase):
         scheme = "grpc+tls" if tls else "grpc+tcp"
         middleware = {"auth": BearerTokenFactory(token)} if token else None
         bracket = f"[{host}]" if ":" in host else host
-        super().__init__(f"{scheme}://{bracket}:{port}", tls_certificates=tls, middleware=middleware)
+        try:
+            super().__init__(f"{scheme}://{bracket}:{port}", tls_certificates=tls, middleware=middleware)
+        except pa.ArrowException:  # gRPC only says "Server did not start properly"
+            raise OSError(
+                f"cannot listen on {bracket}:{port}: {_listen_problem(host, port, tls is not None)}"
+            ) from None
         self.engine = engine
         self.host = host
         self.scheme = scheme
@@ -174,7 +260,7 @@ class MixerServer(flight.FlightServerBase):
     def do_action(self, context, action):
         kind = action.type
         try:
-            body = _json(action.body.to_pybytes() if action.body is not None else b"", kind)
+            body = _json(action.body, kind, MAX_ACTION_BYTES)
             if kind in FEEDBACK_KINDS:
                 out = self.engine.feedback(kind, body)
             elif kind == "checkpoint":
@@ -187,27 +273,31 @@ class MixerServer(flight.FlightServerBase):
                 out = self.engine.checkpoint(step, timeout=float(timeout))
             elif kind == "status":
                 out = self.engine.status()
+                if out["failed"]:
+                    out["failed"] = _redact(out["failed"])
             elif kind == "info":
                 out = self.engine.info()
             else:
                 raise RequestError(f"unknown action {kind!r}; actions: {', '.join(ACTIONS)}")
-        except (RequestError, FeedbackError) as e:
-            raise flight.FlightServerError(str(e)) from None
-        except MixerFailed as e:
-            raise flight.FlightServerError(f"mixer failed: {e}") from None
-        return [flight.Result(json.dumps(out).encode())]
+            return [flight.Result(json.dumps(out).encode())]
+        except flight.FlightError:
+            raise
+        except Exception as e:
+            raise _client_error(kind, e) from None
 
     def do_get(self, context, ticket):
         try:
-            body = _json(ticket.ticket, "ticket")
+            body = _json(ticket.ticket, "ticket", MAX_TICKET_BYTES)
             kind = body.get("kind", "train")
             if kind == "train":
                 return self._train_stream(context, body)
             if kind == "eval":
                 return self._eval_stream(body)
             raise RequestError(f"ticket `kind` must be 'train' or 'eval', got {kind!r}")
-        except RequestError as e:
-            raise flight.FlightServerError(str(e)) from None
+        except flight.FlightError:
+            raise
+        except Exception as e:
+            raise _client_error("ticket", e) from None
 
     # ------------------------------------------------------------------ streams
     def _train_stream(self, context, body: dict) -> flight.GeneratorStream:
@@ -223,8 +313,7 @@ class MixerServer(flight.FlightServerBase):
         group = _get_int(body, "group", 1, lo=1)
         if group > MAX_GROUP:
             raise RequestError(f"train ticket: `group` must be at most {MAX_GROUP}, got {group}")
-        self.engine.register_world(rank, world)
-        self.engine.check_step(start)
+        self.engine.check_train(rank, world, start)  # refuse now; the stream claims the rank when it starts
         schema = self.narrow_schema if narrow else self.train_schema
         batches = self._train_batches(context, rank, world, start, steps, schema, group)
         return flight.GeneratorStream(schema, batches)
@@ -232,11 +321,15 @@ class MixerServer(flight.FlightServerBase):
     def _train_batches(
         self, context, rank: int, world: int, start: int, steps: int | None, schema: pa.Schema, group: int = 1
     ):
+        """The messages of a train stream. Claims ``rank`` first (see :meth:`MixerEngine.open_stream`) and
+        releases it when the stream ends, or before sending the last step of a stream of ``steps`` steps
+        (so a client may ask for the rank again as soon as it has that step)."""
         eng = self.engine
         per = eng.config.global_batch // world
         lo, hi = rank * per, (rank + 1) * per
-        eng.stream_opened(rank)
+        claim = None
         try:
+            claim = eng.open_stream(rank, world, start)
             t = start
             while steps is None or t < start + steps:
                 b = None
@@ -245,10 +338,7 @@ class MixerServer(flight.FlightServerBase):
                         raise flight.FlightUnavailableError("mixer server is shutting down")
                     if context.is_cancelled():
                         return
-                    try:
-                        b = eng.batch(t, rank, timeout=0.5)
-                    except (RequestError, MixerFailed) as e:
-                        raise flight.FlightServerError(str(e)) from None
+                    b = eng.batch(t, rank, timeout=0.5)
                 parts = [b]
                 room = group if steps is None else min(group, start + steps - t)
                 while len(parts) < room:  # the following steps only if they are made already
@@ -259,10 +349,19 @@ class MixerServer(flight.FlightServerBase):
                     if nb is None:
                         break
                     parts.append(nb)
-                yield self._train_message(parts, t, rank, lo, hi, schema)
+                message = self._train_message(parts, t, rank, lo, hi, schema)
                 t += len(parts)
+                if steps is not None and t >= start + steps:
+                    eng.stream_closed(rank, claim)
+                    claim = None
+                yield message
+        except flight.FlightError:
+            raise
+        except Exception as e:
+            raise _client_error("train stream", e) from None
         finally:
-            eng.stream_closed(rank)
+            if claim is not None:
+                eng.stream_closed(rank, claim)
 
     def _train_message(
         self, parts: list[GlobalBatch], t: int, rank: int, lo: int, hi: int, schema: pa.Schema
