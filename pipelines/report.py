@@ -30,13 +30,14 @@ import pyarrow.fs as pafs
 from storage.fs import resolve
 from storage.manifest import read_manifest
 from storage.run import REPORT, RunDir, UnsafePathError, atomic_write, real
+from storage.views import WHITESPACE_TOKENS, columns
 
 logger = logging.getLogger(__name__)
 
 #: score columns that get a histogram when the run has them (storage.schema.SCORE_FIELDS)
 SCORE_COLUMNS = ("ppl", "quality", "betr")
 #: words of a row's stored text (RE2: runs of non-whitespace)
-WORDS = r"len(regexp_extract_all(coalesce(text, ''), '\S+'))"
+WORDS = WHITESPACE_TOKENS  # the token unit every row has
 TOP_REASONS = 25
 
 CSS = """
@@ -84,10 +85,6 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
 
 def note(text: str) -> str:
     return f'<p class="note">{e(text)}</p>'
-
-
-def _columns(con, view: str) -> set[str]:
-    return {r[0] for r in con.execute(f"DESCRIBE {view}").fetchall()}
 
 
 def _stages_of(manifest: dict, op: str) -> list[dict]:
@@ -262,7 +259,7 @@ def scores(manifest: dict, con) -> Section:
     """Histograms of the run's score columns (kept and removed rows) with the chosen thresholds."""
     from pipelines import charts
 
-    have = {v: _columns(con, v) for v in ("docs", "removed")}
+    have = {v: columns(con, v) for v in ("docs", "removed")}
     body: list[str] = []
     for col in SCORE_COLUMNS:
         parts = [
@@ -346,7 +343,7 @@ def dedup(manifest: dict, con) -> Section:
 
 def samples(manifest: dict, con, per_reason: int = 3, chars: int = 600) -> Section:
     """A few removed documents per (stage, reason), chosen by a hash of the id, truncated and escaped."""
-    have = _columns(con, "removed")
+    have = columns(con, "removed")
     extra = [c if c in have else f"NULL AS {c}" for c in ("dup_of", "error", "raw")]
     rows = con.execute(
         f"""

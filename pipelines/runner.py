@@ -32,9 +32,9 @@ from pipelines.recipe import Recipe, duplicate_ids_fail, stage_params
 from pipelines.resume import FileHashes, fingerprint, input_state, sluice_version, stage_files, what_changed
 from pipelines.stats import sum_nested
 from storage.fs import expand_input, resolve
-from storage.manifest import VERSION, conservation, package_versions, write_manifest
+from storage.manifest import ConservationError, RunContents, assemble, write_manifest
 from storage.run import PROBE, REMOVED, SHARDS, STAGES, SUCCESS, RunDir, UnsafePathError, atomic_write
-from storage.schema import ERROR, INTERNAL_COLUMNS, READ_SCHEMA, REASON, STAGE, with_column
+from storage.schema import ERROR, INPUT_STAGE, INTERNAL_COLUMNS, READ_SCHEMA, REASON, STAGE, with_column
 from storage.shards import CheckpointLayout, ParquetFiles, RunLayout, ShardSink
 from storage.views import repeated_ids
 
@@ -42,10 +42,6 @@ logger = logging.getLogger(__name__)
 
 STAGES_DIR = STAGES
 CHECKPOINT_BYTES = 128 << 20
-
-
-class ConservationError(RuntimeError):
-    """Rows read != rows kept + rows removed: something lost or invented rows."""
 
 
 class InputError(RuntimeError):
@@ -194,7 +190,7 @@ class ModelChain:
 
 # ---------------------------------------------------------------- checkpoints
 def _files(root: str, sub: str) -> list[str]:
-    return sorted(p for p in expand_input(f"{root}/{sub}") if p.endswith(".parquet"))
+    return RunDir(root).parquet(sub)
 
 
 def _read_checkpoint(root: str, sub: str):
@@ -545,35 +541,9 @@ def build_manifest(
     a checkpoint written before this was recorded) and whether this run reused its checkpoint
     instead of running it (``reused``, after a resume).
     """
-    from storage.views import connect
-
-    fs, root = resolve(out_dir)
+    contents = RunContents.read(out_dir)
     read = sum((records[0]["read"] or {}).values())
-    con = connect(out_dir, manifest=None)
-    removed_by = con.execute(
-        "SELECT stage, reason, count(*) FROM removed GROUP BY ALL ORDER BY stage, reason"
-    ).fetchall()
-    domains = con.execute(
-        "SELECT domain, count(*), sum(length(text))"
-        + (", sum(n_tokens)" if _has_col(con, "docs", "n_tokens") else ", NULL")
-        + " FROM docs GROUP BY domain ORDER BY domain"
-    ).fetchall()
-    shards = _file_records(fs, root, "shards")
-    removed_files = _file_records(fs, root, "removed")
-    read_per_file = records[0]["read"] or {}
-    input_errors = [
-        {"source": src, "reason": why, "records_read": max(0, read_per_file.get(src, 1) - 1), "error": msg}
-        for src, why, msg in con.execute(
-            "SELECT source, reason, error FROM removed WHERE stage = 'input' AND reason IN "
-            f"({', '.join(repr(r) for r in INPUT_ERRORS)}) ORDER BY source"
-        ).fetchall()
-    ]
-    kept = sum(s["rows"] for s in shards)
-    removed = sum(s["rows"] for s in removed_files)
-
-    by_stage: dict[str, dict[str, int]] = {}
-    for stage, reason, n in removed_by:
-        by_stage.setdefault(stage, {})[reason] = n
+    by_stage = contents.removed_by
     seconds_by: dict[str, float] = {}
     reports: dict[str, Any] = {}
     added_by: dict[str, int] = {}  # synthetic rows appended per stage
@@ -586,18 +556,17 @@ def build_manifest(
             added_by[k] = added_by.get(k, 0) + v
         for k, v in rec.get("metrics", {}).items():
             metrics_by[k] = sum_nested(metrics_by.get(k, {}), v)
-    stages = []
-    rows = read - sum(by_stage.get("input", {}).values())
-    stages.append(
+    rows = read - sum(by_stage.get(INPUT_STAGE, {}).values())
+    stages = [
         {
-            "stage": "input",
+            "stage": INPUT_STAGE,
             "op": "read",
             "rows_in": read,
             "rows_out": rows,
-            "removed": by_stage.get("input", {}),
+            "removed": by_stage.get(INPUT_STAGE, {}),
             "seconds": None,
         }
-    )
+    ]
     for st in recipe.stages:
         gone = by_stage.get(st.stage_name, {})
         plus = added_by.get(st.stage_name, 0)
@@ -617,53 +586,44 @@ def build_manifest(
             entry["report"] = {**(entry["report"] or {}), "generation": metrics_by[st.stage_name]}
         stages.append(entry)
         rows = out
-    return {
-        "version": VERSION,
+    segments = [
+        {
+            **{k: r[k] for k in ("segment", "name", "stages", "wall_seconds")},
+            "nodes": r.get("nodes"),
+            "workers_lost": r.get("workers_lost"),
+            "reused": r.get("reused", False),
+        }
+        for r in records
+    ]
+    head = {
         "recipe": recipe.model_dump(),
         "recipe_text": recipe_text,
         "recipe_hash": recipe.fingerprint(),
-        "packages": package_versions(),
-        "started": started.isoformat(),
-        "finished": datetime.now(timezone.utc).isoformat(),
-        "seconds": round(seconds, 3),
-        "cluster": cluster,
-        "segments": [
-            {
-                **{k: r[k] for k in ("segment", "name", "stages", "wall_seconds")},
-                "nodes": r.get("nodes"),
-                "workers_lost": r.get("workers_lost"),
-                "reused": r.get("reused", False),
-            }
-            for r in records
-        ],
-        "stages": stages,
-        "domains": [{"domain": d, "docs": n, "chars": c, "tokens": t} for d, n, c, t in domains],
-        "shards": shards,
-        "removed_files": removed_files,
-        "input_errors": input_errors,
-        "conservation": conservation(read, kept, removed, sum(added_by.values())),
     }
+    return assemble(
+        contents,
+        head=head,
+        started=started,
+        seconds=seconds,
+        stages=stages,
+        read=read,
+        synthetic=sum(added_by.values()),
+        extra={"cluster": cluster, "segments": segments},
+        input_errors=_input_errors(out_dir, records[0]["read"] or {}),
+    )
 
 
-def _has_col(con, view: str, col: str) -> bool:
-    return col in [r[0] for r in con.execute(f"DESCRIBE {view}").fetchall()]
+def _input_errors(out_dir: str, read_per_file: dict[str, int]) -> list[dict]:
+    """Input files that could not be read completely, with the records read before the break."""
+    from storage.views import connect
 
-
-def _file_records(fs, root: str, sub: str) -> list[dict]:
-    """Path, rows, bytes and sha256 of every Parquet file under ``root/sub`` (recomputed from disk)."""
-    out = []
-    for path in _files(root, sub):
-        with fs.open_input_stream(path) as f:
-            data = f.read()
-        meta = pq.read_metadata(pa.BufferReader(data))
-        rel = path[len(root) + 1 :]
-        out.append(
-            {
-                "path": rel,
-                "partition": rel.split("/")[1],
-                "rows": meta.num_rows,
-                "bytes": len(data),
-                "sha256": hashlib.sha256(data).hexdigest(),
-            }
-        )
-    return out
+    con = connect(out_dir, manifest=None)
+    rows = con.execute(
+        f"SELECT source, reason, error FROM removed WHERE stage = '{INPUT_STAGE}' AND reason IN "
+        f"({', '.join(repr(r) for r in INPUT_ERRORS)}) ORDER BY source"
+    ).fetchall()
+    con.close()
+    return [
+        {"source": src, "reason": why, "records_read": max(0, read_per_file.get(src, 1) - 1), "error": msg}
+        for src, why, msg in rows
+    ]

@@ -6,7 +6,6 @@ Run: ``sluice select out/run --where "ppl < 300 AND quality > 0.5" --budget-toke
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import time
@@ -18,20 +17,27 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import typer
 
-from storage.fs import expand_input, resolve
-from storage.manifest import VERSION, conservation, package_versions, read_manifest, write_manifest
-from storage.run import RunDir, RunLockedError, UnsafePathError, atomic_write, overlap
+from storage.manifest import ConservationError, RunContents, assemble, read_manifest, write_manifest
+from storage.run import (
+    MANIFEST,
+    REMOVED,
+    SHARDS,
+    RunDir,
+    RunLockedError,
+    UnsafePathError,
+    atomic_write,
+    overlap,
+    partition_value,
+)
 from storage.schema import DUP_OF, ERROR, INTERNAL_COLUMNS, RAW, REASON, STAGE
 from storage.shards import RunLayout, ShardSink
-from storage.views import check_expression, connect
+from storage.views import WHITESPACE_TOKENS, check_expression, connect, has_column
 
 logger = logging.getLogger(__name__)
 
 STAGE_NAME = "select"
 NOT_SELECTED = "select_not_selected"
 OVER_BUDGET = "select_over_budget"
-#: whitespace tokens in SQL: runs of non-whitespace (RE2 ``\S+``), what ``str.split()`` counts for ASCII text
-WHITESPACE_TOKENS = r"len(regexp_extract_all(coalesce(text, ''), '\S+'))"
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 
 
@@ -50,10 +56,6 @@ def _arrow(con, query: str) -> pa.Table:
     return fetch()
 
 
-def _has_column(con, view: str, col: str) -> bool:
-    return col in [r[0] for r in con.execute(f"DESCRIBE {view}").fetchall()]
-
-
 def _decide(
     con, where: str | None, budget_tokens: int | None, budgets: dict[str, int], order_by: str | None, seed: int
 ) -> tuple[str, str]:
@@ -61,7 +63,7 @@ def _decide(
     import duckdb
 
     tok = WHITESPACE_TOKENS
-    if _has_column(con, "docs", "n_tokens"):
+    if has_column(con, "docs", "n_tokens"):
         tok = f"coalesce(n_tokens, {WHITESPACE_TOKENS})"
     tie = f"md5(concat('{int(seed)}:', id))"
     order = f"{order_by}, {tie}" if order_by else tie
@@ -100,29 +102,12 @@ def _decide(
     return tok, order
 
 
-def _file_record(fs, root: str, rel: str) -> dict[str, Any]:
-    with fs.open_input_stream(f"{root}/{rel}") as f:
-        data = f.read()
-    return {
-        "path": rel,
-        "partition": rel.split("/")[1],
-        "rows": pq.read_metadata(pa.BufferReader(data)).num_rows,
-        "bytes": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
-    }
-
-
-def _records(fs, root: str, sub: str) -> list[dict[str, Any]]:
-    files = sorted(p for p in expand_input(f"{root}/{sub}") if p.endswith(".parquet"))
-    return [_file_record(fs, root, p[len(root) + 1 :]) for p in files]
-
-
 def _source_tables(out: str, decision: pa.Table):
     """Every kept shard of the source run with ``domain``, ``reason`` and ``stage`` filled from the decision."""
-    fs, root = resolve(out)
-    for path in sorted(p for p in expand_input(f"{root}/shards") if p.endswith(".parquet")):
-        domain = path[len(root) + 1 :].split("/")[1].split("=", 1)[1]
-        table = pq.read_table(fs.open_input_file(path))
+    src = RunDir(out)
+    for path in src.parquet(SHARDS):
+        domain = partition_value(path[len(src.root) + 1 :])
+        table = pq.read_table(src.fs.open_input_file(path))
         n = table.num_rows
         pos = pc.index_in(table.column("id"), value_set=decision.column("id"))
         reason = pc.take(decision.column("status"), pos)  # null where kept (id not in the decision)
@@ -199,7 +184,7 @@ def _select(rd, out, where, budget_tokens, per_domain_budget, order_by, seed, sh
             raise ValueError(f"select: budget for {name!r} must be >= 0, got {v}")
     src = read_manifest(out)
     fs, root = rd.fs, rd.root
-    if any(rd.files("shards")) or any(rd.files("removed")) or any(rd.files("manifest.json")):
+    if any(rd.files(SHARDS)) or any(rd.files(REMOVED)) or any(rd.files(MANIFEST)):
         if not overwrite:
             raise FileExistsError(f"select: {dest!r} is not empty; pass overwrite=True (--overwrite) to replace it")
         rd.clear()
@@ -224,19 +209,14 @@ def _select(rd, out, where, budget_tokens, per_domain_budget, order_by, seed, sh
     con.close()
 
     # the source's removed rows, byte for byte, then this selection's shards and removed rows
-    sfs, sroot = resolve(out)
-    for path in sorted(p for p in expand_input(f"{sroot}/removed") if p.endswith(".parquet")):
-        rel = path[len(sroot) + 1 :]
-        with sfs.open_input_stream(path) as r:
-            atomic_write(fs, f"{root}/{rel}", r.read())
+    source = RunDir(out)
+    for path in source.parquet(REMOVED):
+        with source.fs.open_input_stream(path) as r:
+            atomic_write(fs, f"{root}/{path[len(source.root) + 1 :]}", r.read())
     mb = shard_mb or (src.get("recipe") or {}).get("output", {}).get("shard_mb", 256)
     ShardSink(dest, RunLayout(INTERNAL_COLUMNS), int(mb * (1 << 20))).write_now(_source_tables(out, decision))
 
-    shards, removed_files = _records(fs, root, "shards"), _records(fs, root, "removed")
-    kept = sum(s["rows"] for s in shards)
-    removed = sum(s["rows"] for s in removed_files)
     c = src["conservation"]
-    read, synthetic = c["read"], c.get("synthetic", 0)
     gone = {
         r: n
         for r, n in ((NOT_SELECTED, sum(d[5] for d in by_domain)), (OVER_BUDGET, sum(d[6] for d in by_domain)))
@@ -258,46 +238,36 @@ def _select(rd, out, where, budget_tokens, per_domain_budget, order_by, seed, sh
     }
     rows_in = sum(d[1] for d in by_domain)
     seconds = time.perf_counter() - t0
-    con = connect(dest, manifest=None)
-    ntok = ", sum(n_tokens)" if _has_column(con, "docs", "n_tokens") else ", NULL"
-    domains = con.execute(
-        f"SELECT domain, count(*), sum(length(text)){ntok} FROM docs GROUP BY domain ORDER BY domain"
-    ).fetchall()
-    con.close()
-    manifest = {
-        "version": VERSION,
+    head = {
         "kind": "select",
         "source": {"dir": out, "recipe_hash": src.get("recipe_hash"), "finished": src.get("finished")},
         "recipe": src.get("recipe"),
         "recipe_text": src.get("recipe_text", ""),
         "recipe_hash": src.get("recipe_hash"),
-        "packages": package_versions(),
-        "started": started.isoformat(),
-        "finished": datetime.now(timezone.utc).isoformat(),
-        "seconds": round(seconds, 3),
-        "segments": src.get("segments", []),
-        "stages": [
-            *src.get("stages", []),
-            {
-                "stage": STAGE_NAME,
-                "op": "select",
-                "rows_in": rows_in,
-                "rows_out": rows_in - sum(gone.values()),
-                "removed": gone,
-                "seconds": round(seconds, 3),
-                "report": report,
-            },
-        ],
-        "domains": [{"domain": d, "docs": n, "chars": ch, "tokens": t} for d, n, ch, t in domains],
-        "shards": shards,
-        "removed_files": removed_files,
-        "conservation": conservation(read, kept, removed, synthetic),
     }
+    step = {
+        "stage": STAGE_NAME,
+        "op": "select",
+        "rows_in": rows_in,
+        "rows_out": rows_in - sum(gone.values()),
+        "removed": gone,
+        "seconds": round(seconds, 3),
+        "report": report,
+    }
+    manifest = assemble(
+        RunContents.read(dest),
+        head=head,
+        started=started,
+        seconds=seconds,
+        stages=[*src.get("stages", []), step],
+        read=c["read"],
+        synthetic=c.get("synthetic", 0),
+        extra={"segments": src.get("segments", [])},
+    )
     write_manifest(dest, manifest)
     if not manifest["conservation"]["ok"]:
-        from pipelines.runner import ConservationError
-
         raise ConservationError(manifest["conservation"]["message"])
+    kept = manifest["conservation"]["kept"]
     logger.info("select: kept %d of %d documents (%d tokens) in %s", kept, rows_in, report["kept_tokens"], dest)
     return manifest
 

@@ -1,16 +1,22 @@
-"""The run record: manifest.json, written atomically at the end of every run."""
+"""The run record: manifest.json, assembled from what is on disk and written atomically at the end of every run."""
 
 from __future__ import annotations
 
 import json
-import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from importlib import metadata
 from typing import Any
 
 from storage.fs import resolve
+from storage.run import MANIFEST, REMOVED, SHARDS, RunDir, atomic_write
 
-MANIFEST = "manifest.json"
 VERSION = 1
+
+
+class ConservationError(RuntimeError):
+    """Rows read != rows kept + rows removed: something lost or invented rows."""
+
 
 #: distributions whose versions every manifest records
 TRACKED = (
@@ -51,14 +57,90 @@ def conservation(read: int, kept: int, removed: int, synthetic: int = 0) -> dict
     }
 
 
+@dataclass
+class RunContents:
+    """What a run directory holds, read from its files: the part of the manifest storage can vouch for.
+
+    Args:
+        shards: file records (path, partition, rows, bytes, sha256) of ``shards/``.
+        removed_files: the same for ``removed/``.
+        removed_by: ``{stage: {reason: rows}}`` over ``removed/``.
+        domains: per domain of the kept shards: ``docs``, ``chars`` and ``tokens`` (``n_tokens``, or None).
+    """
+
+    shards: list[dict] = field(default_factory=list)
+    removed_files: list[dict] = field(default_factory=list)
+    removed_by: dict[str, dict[str, int]] = field(default_factory=dict)
+    domains: list[dict] = field(default_factory=list)
+
+    @property
+    def kept(self) -> int:
+        return sum(s["rows"] for s in self.shards)
+
+    @property
+    def removed(self) -> int:
+        return sum(s["rows"] for s in self.removed_files)
+
+    @classmethod
+    def read(cls, out_dir: str) -> RunContents:
+        from storage.views import connect, has_column
+
+        rd = RunDir(out_dir)
+        con = connect(out_dir, manifest=None)
+        removed_by: dict[str, dict[str, int]] = {}
+        for stage, reason, n in con.execute(
+            "SELECT stage, reason, count(*) FROM removed GROUP BY ALL ORDER BY stage, reason"
+        ).fetchall():
+            removed_by.setdefault(stage, {})[reason] = n
+        tokens = "sum(n_tokens)" if has_column(con, "docs", "n_tokens") else "NULL"
+        domains = [
+            {"domain": d, "docs": n, "chars": c, "tokens": t}
+            for d, n, c, t in con.execute(
+                f"SELECT domain, count(*), sum(length(text)), {tokens} FROM docs GROUP BY domain ORDER BY domain"
+            ).fetchall()
+        ]
+        con.close()
+        return cls(rd.file_records(SHARDS), rd.file_records(REMOVED), removed_by, domains)
+
+
+def assemble(
+    contents: RunContents,
+    *,
+    head: dict[str, Any],
+    started: datetime,
+    seconds: float,
+    stages: list[dict],
+    read: int,
+    synthetic: int = 0,
+    extra: dict[str, Any] | None = None,
+    input_errors: list[dict] | None = None,
+) -> dict[str, Any]:
+    """A manifest: ``version``, ``head`` (kind, source, recipe…), packages, times, ``extra`` (cluster,
+    segments…), the stage funnel, then what the files hold and the conservation record."""
+    manifest = {
+        "version": VERSION,
+        **head,
+        "packages": package_versions(),
+        "started": started.isoformat(),
+        "finished": datetime.now(timezone.utc).isoformat(),
+        "seconds": round(seconds, 3),
+        **(extra or {}),
+        "stages": stages,
+        "domains": contents.domains,
+        "shards": contents.shards,
+        "removed_files": contents.removed_files,
+    }
+    if input_errors is not None:
+        manifest["input_errors"] = input_errors
+    manifest["conservation"] = conservation(read, contents.kept, contents.removed, synthetic)
+    return manifest
+
+
 def write_manifest(out_dir: str, manifest: dict[str, Any]) -> str:
     """Write ``manifest.json`` under ``out_dir`` through a temporary name; return its path."""
     fs, root = resolve(out_dir)
     path = f"{root}/{MANIFEST}"
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with fs.open_output_stream(tmp) as f:
-        f.write(json.dumps(manifest, indent=2, sort_keys=False, default=str).encode())
-    fs.move(tmp, path)
+    atomic_write(fs, path, json.dumps(manifest, indent=2, sort_keys=False, default=str).encode())
     return path
 
 

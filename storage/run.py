@@ -21,6 +21,7 @@ Sluice's layout, so a bad stage name, a user's file or an input can never be del
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -47,6 +48,28 @@ STAGES = "_stages"
 TMP = "_tmp"
 SUCCESS = "_SUCCESS"
 PROBE = ".sluice-write-test"
+#: kept rows are partitioned by domain, removed rows by the stage that removed them (hive style)
+DOMAIN_KEY = "domain"
+STAGE_KEY = "stage"
+#: values of the ``split`` column written by the split stage
+TRAIN = "train"
+HOLDOUT = "holdout"
+
+
+def shard_dir(domain: str) -> str:
+    """``shards/domain=<d>``: where a domain's kept rows go."""
+    return f"{SHARDS}/{DOMAIN_KEY}={domain}"
+
+
+def removed_dir(stage: str) -> str:
+    """``removed/stage=<s>``: where a stage's removed rows go."""
+    return f"{REMOVED}/{STAGE_KEY}={stage}"
+
+
+def partition_value(rel: str) -> str:
+    """The value of a file's partition: ``web`` for ``shards/domain=web/part-00000.parquet``."""
+    return rel.split("/")[1].split("=", 1)[1]
+
 
 #: names that become directory names (domains, stages): one strict pattern, matched whole
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -168,6 +191,29 @@ class RunDir:
                 if len(out) >= limit:
                     break
         return out
+
+    def parquet(self, sub: str) -> list[str]:
+        """Absolute paths of the Parquet files under ``sub`` (``shards``, a checkpoint's ``live``…), sorted."""
+        return sorted(f"{self.root}/{rel}" for rel in self.files(sub) if rel.endswith(".parquet"))
+
+    def file_record(self, rel: str) -> dict:
+        """Path (relative), partition, rows, bytes and sha256 of one Parquet file, read from disk."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        with self.fs.open_input_stream(f"{self.root}/{rel}") as f:
+            data = f.read()
+        return {
+            "path": rel,
+            "partition": rel.split("/")[1],
+            "rows": pq.read_metadata(pa.BufferReader(data)).num_rows,
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+
+    def file_records(self, sub: str) -> list[dict]:
+        """:meth:`file_record` of every Parquet file under ``sub``."""
+        return [self.file_record(p[len(self.root) + 1 :]) for p in self.parquet(sub)]
 
     def exists(self) -> bool:
         return self.fs.get_file_info(self.root).type != pafs.FileType.NotFound

@@ -10,6 +10,9 @@ import pyarrow as pa
 from storage.fs import expand_input, resolve
 from storage.manifest import read_manifest
 
+#: whitespace tokens in SQL: runs of non-whitespace (RE2 ``\S+``), what ``str.split()`` counts for ASCII text
+WHITESPACE_TOKENS = r"len(regexp_extract_all(coalesce(text, ''), '\S+'))"
+
 EMPTY_DOCS = (
     "SELECT NULL::VARCHAR AS id, NULL::VARCHAR AS text, NULL::VARCHAR AS domain, NULL::VARCHAR AS source LIMIT 0"
 )
@@ -18,6 +21,15 @@ EMPTY_REMOVED = (
     "NULL::VARCHAR AS reason, NULL::VARCHAR AS dup_of, NULL::BLOB AS raw, NULL::VARCHAR AS error, "
     "NULL::VARCHAR AS stage LIMIT 0"
 )
+
+
+def has_column(con: duckdb.DuckDBPyConnection, view: str, col: str) -> bool:
+    """Whether ``view`` has a column ``col`` (score columns exist only when a stage wrote them)."""
+    return col in columns(con, view)
+
+
+def columns(con: duckdb.DuckDBPyConnection, view: str) -> set[str]:
+    return {r[0] for r in con.execute(f"DESCRIBE {view}").fetchall()}
 
 
 def _parquet_view(con: duckdb.DuckDBPyConnection, name: str, out_dir: str, sub: str, empty: str) -> None:
@@ -144,8 +156,7 @@ def repeated_ids(files: list[str], limit: int = 5) -> tuple[int, list[tuple[str,
     con = duckdb.connect()
     listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
     con.execute(f"CREATE VIEW rows AS SELECT * FROM read_parquet([{listing}], union_by_name = true)")
-    cols = {r[0] for r in con.execute("DESCRIBE rows").fetchall()}
-    where = "WHERE reason IS NULL OR reason <> 'input_duplicate_id'" if "reason" in cols else ""
+    where = "WHERE reason IS NULL OR reason <> 'input_duplicate_id'" if has_column(con, "rows", "reason") else ""
     con.execute(
         "CREATE TEMP TABLE rep AS SELECT id, count(*) AS n, min(source) AS a, max(source) AS b "
         f"FROM rows {where} GROUP BY id HAVING count(*) > 1"
