@@ -196,7 +196,7 @@ def _exact_dedup_stage(batches: list) -> list:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from operators.dedup import ExactDedup, normalized_key
+    from operators.dedup.exact import ExactDedup, normalized_key
 
     probe = ExactDedup(stage="exact_dedup", _dups=pa.table({"_h": pa.array([], pa.string())}))
     keys, ids = [], []
@@ -382,7 +382,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         corpus = args.corpus
         if corpus is None:
-            from benchmarks.corpus import write_jsonl
+            from benchmarks.webgen import write_jsonl
 
             corpus = str(write_jsonl(os.path.join(tmp, "corpus.jsonl"), args.docs, args.seed))
         n_docs = len(read_corpus(corpus))

@@ -46,7 +46,7 @@ def prompts_text(n: int, chunk_tokens: int, tok) -> list[str]:
     """``n`` chunks of real prose from the Python language reference, ~``chunk_tokens`` tokens each."""
     from pydoc_data.topics import topics
 
-    from operators.rephrase import chunk_text
+    from operators.rephrase.prompts import chunk_text
 
     out: list[str] = []
     for name in sorted(topics):
@@ -114,8 +114,9 @@ def main() -> None:
     import pyarrow as pa
     import torch
 
-    from operators.rephrase import STYLES, Rephrase
-    from operators.rephrase_backends import Request, Sampling, TransformersBackend
+    from operators.rephrase.backends import Request, Sampling, TransformersBackend
+    from operators.rephrase.op import Rephrase
+    from operators.rephrase.prompts import STYLES
     from storage.schema import READ_SCHEMA
 
     if args.threads:

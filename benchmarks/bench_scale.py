@@ -1,6 +1,6 @@
 """Scale: the demo recipe's heuristics, exact dedup and MinHash dedup over N synthetic documents.
 
-The corpus is benchmarks/corpus.py's web-like mix (articles with page chrome, short snippets,
+The corpus is benchmarks/webgen.py's web-like mix (articles with page chrome, short snippets,
 boilerplate and spam, bullet lists, code, hashtag posts, exact and case/whitespace duplicates)
 plus planted near-duplicates: ``--near`` of the documents (default 5%) are an earlier document
 with 1% of its words replaced, which minhash_dedup at threshold 0.8 should catch. It is written
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.corpus import NOUNS, make_doc
+from benchmarks.webgen import NOUNS, make_doc
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEMO = Path(__file__).resolve().parents[1] / "pipelines" / "recipes" / "demo.yaml"

@@ -1,4 +1,17 @@
-"""Sluice operators: one module per family, each a Ray Data transform over pyarrow batches."""
+"""Sluice operators: one module (or one package, for a large family) per family, each a Ray Data
+transform over pyarrow batches.
+
+Which op lives where (the op names recipes use):
+
+- ``normalize``: :mod:`operators.normalize` — ``length``, ``gopher_quality``, ``gopher_repetition``,
+  ``c4``, ``fineweb_quality``: :mod:`operators.heuristics` (word splitting in :mod:`operators.words`)
+- ``input_ids``: :mod:`operators.ids` — ``exact_dedup`` and ``minhash_dedup``: :mod:`operators.dedup`
+- ``tokenize``: :mod:`operators.tokenize` — ``split``: :mod:`operators.split`
+- ``percentile_filter``: :mod:`operators.percentile` — ``perplexity``: :mod:`operators.perplexity`
+- ``quality_classifier``: :mod:`operators.classifier` — ``betr``: :mod:`operators.betr`
+- ``rephrase``: :mod:`operators.rephrase` — ``inject_fault``: :mod:`operators.faults`
+- model loading shared by the model stages: :mod:`operators.models`
+"""
 
 import importlib
 
@@ -6,16 +19,17 @@ import importlib
 FAMILIES = (
     "normalize",
     "heuristics",
-    "dedup",
     "ids",
-    "minhash",
+    "dedup.exact",
+    "dedup.minhash",
     "faults",
     "tokenize",
-    "selection",
+    "split",
+    "percentile",
     "perplexity",
     "classifier",
     "betr",
-    "rephrase",
+    "rephrase.op",
 )
 
 

@@ -60,10 +60,7 @@ class Operator(ABC):
 
     def active(self, batch: pa.Table) -> np.ndarray:
         """Boolean mask of rows this operator works on: live and in ``domains``."""
-        mask = pc.is_null(batch.column(REASON))
-        if self.domains is not None:
-            mask = pc.and_(mask, pc.is_in(batch.column("domain"), pa.array(self.domains)))
-        return np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)
+        return active_rows(batch, self.domains)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         active = self.active(batch)
@@ -112,6 +109,14 @@ class Operator(ABC):
         Operators that load models in ``__init__`` override this with cheap checks.
         """
         cls(**params)
+
+
+def active_rows(batch: pa.Table, domains: list[str] | tuple[str, ...] | None) -> np.ndarray:
+    """Boolean mask of the rows a stage works on: live (no ``reason``) and, with ``domains``, in one of them."""
+    mask = pc.is_null(batch.column(REASON))
+    if domains is not None:
+        mask = pc.and_(mask, pc.is_in(batch.column("domain"), pa.array(list(domains), pa.string())))
+    return np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)
 
 
 class Filter(Operator):

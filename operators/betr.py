@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import logging
 import time
@@ -19,8 +18,8 @@ from pydantic import Field
 from operators.base import GlobalStage, mark_removed, register
 from operators.classifier import SCORE_CHARS, FastTextModel, embed, train_fasttext
 from operators.models import text_heads
-from operators.selection import token_weights
-from storage.schema import with_column
+from operators.percentile import token_weights
+from storage.schema import seeded_hash, with_column
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +32,7 @@ ID_KEYS = frozenset({"id", "_id", "idx", "uid", "qid", "example_id", "doc_id"})
 
 def hash64(ids: list[str], seed: int) -> np.ndarray:
     """A uint64 per id that depends only on (seed, id): the deterministic sample order."""
-    return np.fromiter(
-        (int.from_bytes(hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest(), "little") for i in ids),
-        dtype=np.uint64,
-        count=len(ids),
-    )
+    return np.fromiter((seeded_hash(i, seed) for i in ids), dtype=np.uint64, count=len(ids))
 
 
 def target_text(rec: dict[str, Any], fields: list[str] | None) -> str:

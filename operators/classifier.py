@@ -18,7 +18,7 @@ from pydantic import Field
 
 from operators.base import Operator, mark_removed, register
 from operators.models import text_heads
-from operators.selection import band_stage
+from operators.percentile import band_stage
 from storage.schema import with_column
 
 logger = logging.getLogger(__name__)

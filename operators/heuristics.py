@@ -2,7 +2,7 @@
 
 Each rule, default and reason code follows datatrove's implementation (``GopherQualityFilter``,
 ``GopherRepetitionFilter``, ``C4QualityFilter``, ``FineWebQualityFilter``), rules checked in the same order so a
-document fails with the same reason. Words come from :func:`operators.text.split_words`, a regex that tracks
+document fails with the same reason. Words come from :func:`operators.words.split_words`, a regex that tracks
 datatrove's spaCy tokenizer; see its docstring for the known differences. Unlike datatrove, a threshold is
 switched off with ``None`` (datatrove also treats ``0`` as off; here ``0`` is a real threshold).
 """
@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from operators.base import Filter, Operator, mark_removed, register
-from operators.text import PUNCTUATION_CHARS, TERMINAL_PUNCTUATION, count_sentences, split_words
+from operators.words import PUNCTUATION_CHARS, TERMINAL_PUNCTUATION, count_sentences, split_words
 from storage.schema import with_column
 
 STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")

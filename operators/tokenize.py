@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from collections.abc import Iterator
@@ -230,55 +229,3 @@ class Tokenize(Operator):
             hit = idx[over]
             batch = mark_removed(batch, hit, ["tokenize_too_long"] * hit.size, self.stage)
         return batch
-
-
-def unit_hash(key: str, seed: int) -> float:
-    """A uniform number in [0, 1) that depends only on (seed, key)."""
-    h = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") / 2**64
-
-
-@register("split")
-class Split(Operator):
-    """Assign ``split`` = ``holdout`` to a deterministic fraction of each domain, ``train`` to the rest.
-
-    The choice is a hash of (seed, id), so it does not depend on order, batching or cluster
-    size, and re-running gives the same split.
-
-    Args:
-        holdout_fraction: fraction for every domain, or a mapping domain -> fraction
-            (domains not in the mapping use ``default_fraction``).
-        default_fraction: fraction for domains missing from a mapping.
-        seed: changes which documents are held out.
-    """
-
-    adds = ("split",)
-
-    def __init__(
-        self,
-        *,
-        holdout_fraction: float | dict[str, float] = 0.01,
-        default_fraction: float = 0.01,
-        seed: int = 0,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        fracs = dict(holdout_fraction) if isinstance(holdout_fraction, dict) else {}
-        checks = {**fracs, "default_fraction": default_fraction}
-        if not fracs:
-            checks["holdout_fraction"] = holdout_fraction
-        for name, f in checks.items():
-            if not 0.0 <= f < 1.0:
-                raise ValueError(f"split: fraction for {name!r} must be in [0, 1), got {f}")
-        self.fractions = fracs
-        self.default = default_fraction if isinstance(holdout_fraction, dict) else holdout_fraction
-        self.seed = seed
-
-    def apply(self, batch: pa.Table, active: np.ndarray) -> pa.Table:
-        ids = batch.column("id").to_pylist()
-        domains = batch.column("domain").to_pylist()
-        out: list[str | None] = [None] * batch.num_rows
-        for i in np.flatnonzero(active).tolist():
-            frac = self.fractions.get(domains[i], self.default)
-            out[i] = "holdout" if unit_hash(ids[i], self.seed) < frac else "train"
-        return with_column(batch, "split", pa.array(out, pa.string()))

@@ -222,7 +222,7 @@ def demo_data(
     max_code: int = typer.Option(400, help="Standard-library source files to take as `code`."),
 ) -> None:
     """Assemble the offline demo corpus (stdlib source, package docs, licenses, junk)."""
-    from pipelines.demo_corpus import build
+    from pipelines.demo_data import build
 
     counts = build(dest, max_code=max_code)
     console.print(f"demo corpus in {dest}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))

@@ -295,7 +295,7 @@ def scores(manifest: dict, con) -> Section:
 
 def dedup(manifest: dict, con) -> Section:
     """Exact-duplicate group sizes and the MinHash plan, S-curve and cluster sizes."""
-    from operators.components import size_histogram
+    from operators.dedup.components import size_histogram
     from pipelines import charts
 
     body: list[str] = []

@@ -63,6 +63,21 @@ def make_id(source: str, row: int) -> str:
     return hashlib.blake2b(f"{source}:{row}".encode(), digest_size=12).hexdigest()
 
 
+def seeded_hash(key: str, seed: int) -> int:
+    """A 64-bit integer that depends only on (seed, key): BLAKE2b-64 of ``"<seed>:<key>"``.
+
+    The one seeded hash of the curation side: the split's holdout draw, rephrasing's
+    ``sample_fraction`` and BETR's sample order all use it (so they do not depend on order,
+    batching or cluster size).
+    """
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest(), "little")
+
+
+def unit_hash(key: str, seed: int) -> float:
+    """A uniform number in [0, 1) that depends only on (seed, key)."""
+    return seeded_hash(key, seed) / 2**64
+
+
 def with_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
     """Set ``name`` to ``values``, replacing the column if present, appending otherwise."""
     idx = table.schema.get_field_index(name)

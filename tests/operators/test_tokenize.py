@@ -1,5 +1,4 @@
-"""tokenize writes ids with EOS, in bounded calls that match whole-document tokenization; split is a
-deterministic per-domain holdout."""
+"""tokenize writes ids with EOS, in bounded calls that match whole-document tokenization."""
 
 import itertools
 import random
@@ -12,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from operators.base import params_model
-from operators.tokenize import Split, Tokenize, exact_cuts, pieces
+from operators.tokenize import Tokenize, exact_cuts, pieces
 from storage.schema import READ_SCHEMA
 
 
@@ -38,25 +37,6 @@ def test_tokenize_skips_removed_rows_and_truncates():
     op = Tokenize(stage="tokenize", max_tokens=2)
     out = op(_batch(["one two three four five", "six"], removed=(1,)))
     assert out.column("n_tokens").to_pylist() == [3, None]
-
-
-def test_split_is_deterministic_and_near_the_fraction():
-    texts = ["x"] * 4000
-    doms = ["a"] * 2000 + ["b"] * 2000
-    op = Split(stage="split", holdout_fraction={"a": 0.1, "b": 0.5}, seed=3)
-    s1 = op(_batch(texts, doms)).column("split").to_pylist()
-    s2 = Split(stage="split", holdout_fraction={"a": 0.1, "b": 0.5}, seed=3)(_batch(texts, doms)).column("split")
-    assert s1 == s2.to_pylist()
-    a = s1[:2000].count("holdout") / 2000
-    b = s1[2000:].count("holdout") / 2000
-    assert 0.07 < a < 0.13 and 0.45 < b < 0.55
-    other = Split(stage="split", holdout_fraction={"a": 0.1, "b": 0.5}, seed=4)(_batch(texts, doms))
-    assert other.column("split").to_pylist() != s1
-
-
-def test_split_rejects_bad_fractions():
-    with pytest.raises(ValueError, match=r"fraction for 'holdout_fraction' must be in \[0, 1\), got 1.5"):
-        Split(stage="split", holdout_fraction=1.5)
 
 
 # ------------------------------------------------------------------ bounded work per document

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipelines.cli import app
-from pipelines.demo_corpus import build
+from pipelines.demo_data import build
 from pipelines.recipe import RecipeError, parse_recipe
 from pipelines.report import write_report
 from pipelines.runner import InputError, run

@@ -1,6 +1,6 @@
 import pytest
 
-from operators.text import PUNCTUATION_CHARS, TERMINAL_PUNCTUATION, count_sentences, split_words
+from operators.words import PUNCTUATION_CHARS, TERMINAL_PUNCTUATION, count_sentences, split_words
 
 # expected token lists are what datatrove's English split_into_words (spaCy) returns for the same text
 SPACY_CASES = [

@@ -5,7 +5,7 @@ that C4 strips), short snippets, boilerplate and spam, bullet lists, code, hasht
 exact duplicates (some differing only in case and whitespace) of earlier documents, in fixed proportions.
 
 Run:
-    python -m benchmarks.corpus --docs 20000 -o /tmp/corpus.jsonl [--seed 0]
+    python -m benchmarks.webgen --docs 20000 -o /tmp/corpus.jsonl [--seed 0]
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from operators.components import (
+from operators.dedup.components import (
     EDGE_SCHEMA,
     ParquetSpill,
     cluster_table,

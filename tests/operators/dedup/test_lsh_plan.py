@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from datasketch.lsh import _false_negative_probability, _false_positive_probability, _optimal_param
 
-from operators.lsh_plan import (
+from operators.dedup.lsh_plan import (
     S_CURVE_POINTS,
     MinHashConfig,
     collision_probability,

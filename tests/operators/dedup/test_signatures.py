@@ -7,7 +7,8 @@ import pyarrow as pa
 import pytest
 from datasketch import MinHash, MinHashLSH
 
-from operators.minhash_sig import (
+from operators.dedup.ray_steps import ALL_PAIRS_MAX_BUCKET, bucket_pairs
+from operators.dedup.signatures import (
     Permutations,
     band_keys,
     doc_uids,
@@ -18,7 +19,6 @@ from operators.minhash_sig import (
     signatures,
     unique_sets,
 )
-from operators.minhash_steps import ALL_PAIRS_MAX_BUCKET, bucket_pairs
 
 TEXTS = [
     "Hello, World! This is a test of the émergency broadcast system, café — naïve “quotes”.",

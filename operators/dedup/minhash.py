@@ -16,10 +16,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from operators.base import GlobalStage, mark_removed, register
-from operators.components import cluster_table, connected_components, distinct_edges, edge_nodes, size_histogram
-from operators.lsh_plan import MinHashConfig, optimal_bands_rows
-from operators.minhash_sig import doc_uids
-from operators.minhash_steps import candidate_pairs, name_candidates, verify_pairs
+from operators.dedup.components import cluster_table, connected_components, distinct_edges, edge_nodes, size_histogram
+from operators.dedup.lsh_plan import MinHashConfig, optimal_bands_rows
+from operators.dedup.ray_steps import StepConfig, candidate_pairs, name_candidates, verify_pairs
+from operators.dedup.signatures import doc_uids
 from storage.schema import with_column
 
 logger = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class MinHashDedup(GlobalStage):
     """Remove near-duplicate documents (MinHash LSH), keeping one survivor per cluster.
 
     Shingles are word ``ngram``-grams (or ``char_ngram`` character grams) of normalised
-    text, exactly as defined in :mod:`operators.minhash_sig` (NFC, lowercase, words = runs
+    text, exactly as defined in :mod:`operators.dedup.signatures` (NFC, lowercase, words = runs
     of Unicode letters/marks/digits, punctuation ignored). ``prepare`` runs three phases:
 
     1. *Signatures and buckets* (Ray Data): each live document's MinHash signature
@@ -164,6 +164,12 @@ class MinHashDedup(GlobalStage):
             bands, rows = _plan(self.threshold, self._shape["num_perm"], 1.0 - self.fn_weight, self.fn_weight)
         return MinHashConfig(bands=bands, rows=rows, **self._shape)
 
+    @property
+    def steps(self) -> StepConfig:
+        """The settings the Ray steps run with (a config object, not this operator)."""
+        domains = None if self.domains is None else tuple(self.domains)
+        return StepConfig(self.config, self.threshold, domains, self.score_column)
+
     # ------------------------------------------------------------------ prepare
     @classmethod
     def prepare(cls, ds, params: dict[str, Any], num_partitions: int) -> tuple[dict[str, Any], dict]:
@@ -178,7 +184,7 @@ class MinHashDedup(GlobalStage):
         with tempfile.TemporaryDirectory(prefix="sluice-minhash-") as tmp, _shuffle_strategy(ds, op.shuffle):
             # 1. signatures -> band rows -> buckets -> candidate pairs (spilled, then distinct)
             t0 = time.perf_counter()
-            raw, stats = candidate_pairs(ds, op, num_partitions, os.path.join(tmp, "candidates-raw.parquet"))
+            raw, stats = candidate_pairs(ds, op.steps, num_partitions, os.path.join(tmp, "candidates-raw.parquet"))
             seconds["signatures_and_buckets"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             cand_path = os.path.join(tmp, "candidates.parquet")
@@ -195,9 +201,9 @@ class MinHashDedup(GlobalStage):
                 )
                 n_edges = 0
             elif op.verify:
-                edges_path, info, n_edges, hist = verify_pairs(op, ds, cand_path, tmp, num_partitions)
+                edges_path, info, n_edges, hist = verify_pairs(op.steps, ds, cand_path, tmp, num_partitions)
             else:
-                names = name_candidates(ds, op, edge_nodes(cand_path), os.path.join(tmp, "docs.parquet"))
+                names = name_candidates(ds, op.steps, edge_nodes(cand_path), os.path.join(tmp, "docs.parquet"))
                 info = pl.scan_parquet(names)
                 edges_path, n_edges = cand_path, n_cand
             seconds["verify" if op.verify else "candidate_names"] = time.perf_counter() - t0

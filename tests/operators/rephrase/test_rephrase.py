@@ -9,13 +9,14 @@ import pyarrow as pa
 import pytest
 
 from operators.models import load_tokenizer, resolve
-from operators.rephrase import STYLES, Rephrase, chunk_text
-from operators.rephrase_backends import Request
+from operators.rephrase.backends import Request
+from operators.rephrase.op import Rephrase
+from operators.rephrase.prompts import STYLES, chunk_text
 from pipelines.recipe import RecipeError, parse_recipe
 from pipelines.runner import run
 from storage.shards import read_shards
 from tests.conftest import make_batch, write_jsonl
-from tests.operators.rephrase_servers import PREFIX, FakeOpenAI, Reply, TransformersServe, chunk_of, echo
+from tests.operators.rephrase.servers import PREFIX, FakeOpenAI, Reply, TransformersServe, chunk_of, echo
 from tests.operators.test_tokenize import Spy
 
 FACTS = [

@@ -5,14 +5,17 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from operators.components import EDGE_SCHEMA, ParquetSpill, iter_parquet
-from operators.minhash_sig import (
+from operators.base import active_rows
+from operators.dedup.components import EDGE_SCHEMA, ParquetSpill, iter_parquet
+from operators.dedup.lsh_plan import MinHashConfig
+from operators.dedup.signatures import (
     Permutations,
     band_keys,
     doc_uids,
@@ -63,12 +66,29 @@ _VERIFIED = pa.schema(
 
 
 @functools.lru_cache(maxsize=8)
+@dataclass(frozen=True)
+class StepConfig:
+    """What the Ray steps need from a ``minhash_dedup`` stage, and nothing else.
+
+    Args:
+        minhash: shingles, hashes, permutations and the (bands, rows) plan.
+        threshold: exact Jaccard a candidate pair must reach to be an edge (verification).
+        domains: the domains that take part (None: all).
+        score_column: the survivor's score column (``highest:<column>``), or None for the lowest id.
+    """
+
+    minhash: MinHashConfig
+    threshold: float
+    domains: tuple[str, ...] | None = None
+    score_column: str | None = None
+
+
 def permutations(num_perm: int, seed: int, scheme: str, used: int) -> Permutations:
     """datasketch's permutations, drawn once per worker process."""
     return Permutations(num_perm, seed, scheme, used)
 
 
-def candidate_pairs(ds, op, num_partitions: int, path: str) -> tuple[ParquetSpill, dict[str, int]]:
+def candidate_pairs(ds, run: StepConfig, num_partitions: int, path: str) -> tuple[ParquetSpill, dict[str, int]]:
     """Phase 1: signatures → band rows → a shuffle by key shard → bucket pairs, spilled to ``path``.
 
     Rows are grouped by ``key mod shards`` rather than by key, so each ``map_groups`` call
@@ -78,7 +98,7 @@ def candidate_pairs(ds, op, num_partitions: int, path: str) -> tuple[ParquetSpil
     shards = 4 * max(2, num_partitions)
     out = (
         _split(ds)
-        .map_batches(band_rows, batch_format="pyarrow", fn_kwargs={"op": op, "shards": shards})
+        .map_batches(band_rows, batch_format="pyarrow", fn_kwargs={"run": run, "shards": shards})
         .repartition(target_num_rows_per_block=SHUFFLE_BLOCK_ROWS, strict=True)
         .groupby("shard", num_partitions=max(2, num_partitions))
         .map_groups(bucket_pairs_block, batch_format="pyarrow")
@@ -102,31 +122,31 @@ def _split(ds):
     return ds.repartition(target_num_rows_per_block=BLOCK_ROWS)
 
 
-def name_candidates(ds, op, candidates: np.ndarray, path: str) -> str:
+def name_candidates(ds, run: StepConfig, candidates: np.ndarray, path: str) -> str:
     """Key, id and score of every candidate document (``verify: false``), spilled to ``path``."""
     import ray
 
     names = _split(ds).map_batches(
-        candidate_names, batch_format="pyarrow", fn_kwargs={"op": op, "candidates": ray.put(candidates)}
+        candidate_names, batch_format="pyarrow", fn_kwargs={"run": run, "candidates": ray.put(candidates)}
     )
     return spill(names, path, DOCS_SCHEMA).path
 
 
-def active_docs(op, batch: pa.Table) -> tuple[pa.Array, pa.Array, pa.Array | None]:
-    """Ids, texts and survivor scores (or None) of the rows ``op`` works on."""
-    idx = pa.array(np.flatnonzero(op.active(batch)))
+def active_docs(run: StepConfig, batch: pa.Table) -> tuple[pa.Array, pa.Array, pa.Array | None]:
+    """Ids, texts and survivor scores (or None) of the rows the stage works on."""
+    idx = pa.array(np.flatnonzero(active_rows(batch, run.domains)))
     score = None
-    if op.score_column is not None:
-        if op.score_column not in batch.column_names:
-            raise KeyError(f"survivor column {op.score_column!r} missing from a batch")
-        score = batch.column(op.score_column).take(idx).cast(pa.float64())
+    if run.score_column is not None:
+        if run.score_column not in batch.column_names:
+            raise KeyError(f"survivor column {run.score_column!r} missing from a batch")
+        score = batch.column(run.score_column).take(idx).cast(pa.float64())
     return batch.column("id").take(idx), batch.column("text").take(idx), score
 
 
-def band_rows(batch: pa.Table, *, op, shards: int) -> pa.Table:
+def band_rows(batch: pa.Table, *, run: StepConfig, shards: int) -> pa.Table:
     """One row per (document, band): the band's bucket key, the document key and a shard of the key."""
-    cfg = op.config
-    ids, texts, _ = active_docs(op, batch)
+    cfg = run.minhash
+    ids, texts, _ = active_docs(run, batch)
     h, off = shingle_hashes(texts, cfg.ngram, cfg.char_ngram, cfg.hash)
     live = np.diff(off) > 0
     sig = signatures(h, off, permutations(cfg.num_perm, cfg.seed, cfg.scheme, cfg.used_perm))[live]
@@ -213,9 +233,9 @@ def _lookup(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.n
     return np.searchsorted(sorted_keys, keys, side="left"), np.searchsorted(sorted_keys, keys, side="right")
 
 
-def candidate_names(batch: pa.Table, *, op, candidates) -> pa.Table:
+def candidate_names(batch: pa.Table, *, run: StepConfig, candidates) -> pa.Table:
     """Key, id and score of the live documents that are in some candidate pair (``verify: false``)."""
-    ids, _, score = active_docs(op, batch)
+    ids, _, score = active_docs(run, batch)
     uid = doc_uids(ids)
     lo, hi = _lookup(_broadcast(candidates), uid)
     keep = pa.array(np.flatnonzero(hi > lo))
@@ -227,17 +247,17 @@ def _shard_of(keys: np.ndarray, shards: int) -> np.ndarray:
     return (keys.view(np.uint64) % np.uint64(shards)).astype(np.int32)
 
 
-def _candidate_sets(batch: pa.Table, *, op, dests) -> pa.Table:
+def _candidate_sets(batch: pa.Table, *, run: StepConfig, dests) -> pa.Table:
     """A row per (candidate document, shard that verifies one of its pairs), with its shingle set."""
     dest_uid, dest_shard = _broadcast(dests)
-    ids, texts, score = active_docs(op, batch)
+    ids, texts, score = active_docs(run, batch)
     uid = doc_uids(ids)
     lo, hi = _lookup(dest_uid, uid)
     docs = np.flatnonzero(hi > lo)
     reps = (hi - lo)[docs]
     row = np.repeat(docs, reps)  # document of each output row
     at = np.repeat(lo[docs], reps) + (np.arange(reps.sum()) - np.repeat(np.cumsum(reps) - reps, reps))
-    cfg = op.config
+    cfg = run.minhash
     vals, off = unique_sets(*shingle_hashes(texts.take(pa.array(docs)), cfg.ngram, cfg.char_ngram, cfg.hash))
     sets = sets_to_binary(vals, off).take(pa.array(np.repeat(np.arange(len(docs)), reps)))
     take = pa.array(row)
@@ -297,7 +317,7 @@ def _jaccard_group(group: pa.Table) -> pa.Table:
     return pa.table(cols, schema=_VERIFIED)
 
 
-def verify_pairs(op, ds, cand_path: str, tmp: str, num_partitions: int):
+def verify_pairs(run: StepConfig, ds, cand_path: str, tmp: str, num_partitions: int):
     """Exact Jaccard for every candidate pair; keep pairs ≥ threshold. One keyed shuffle.
 
     Each pair is verified at the shard of its smaller key ``a``. The driver broadcasts,
@@ -322,7 +342,7 @@ def verify_pairs(op, ds, cand_path: str, tmp: str, num_partitions: int):
     dests = ray.put((dest["uid"].to_numpy(), dest["shard"].to_numpy()))
     docs = (
         _split(ds)
-        .map_batches(_candidate_sets, batch_format="pyarrow", fn_kwargs={"op": op, "dests": dests})
+        .map_batches(_candidate_sets, batch_format="pyarrow", fn_kwargs={"run": run, "dests": dests})
         .repartition(target_num_rows_per_block=SHUFFLE_BLOCK_ROWS // 16, strict=True)  # rows carry shingle sets
     )
     parts = [pa.Table.from_batches([b]) for b in iter_parquet(cand_path, ["a", "b"], 1 << 20)]
@@ -337,7 +357,7 @@ def verify_pairs(op, ds, cand_path: str, tmp: str, num_partitions: int):
     for t in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
         j = t.column("j").to_numpy()
         counts += np.histogram(j, bins=_JACCARD_BINS)[0]
-        edges.write(t.filter(pa.array(j >= op.threshold)))
+        edges.write(t.filter(pa.array(j >= run.threshold)))
     edges.close()
     hist = {f"{lo:.1f}-{hi:.1f}": int(c) for lo, hi, c in zip(_JACCARD_BINS[:-1], _JACCARD_BINS[1:], counts) if c}
     scan = pl.scan_parquet(edges.path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import logging
 import time
@@ -14,7 +13,7 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from operators.base import Operator, mark_removed, register
-from operators.rephrase_backends import (
+from operators.rephrase.backends import (
     Endpoint,
     OpenAIBackend,
     Request,
@@ -24,9 +23,9 @@ from operators.rephrase_backends import (
     VLLMBackend,
     vllm_missing,
 )
-from operators.rephrase_text import STYLE_RE, STYLES, Chunk, Template, chunk_text
+from operators.rephrase.prompts import STYLE_RE, STYLES, Chunk, Template, chunk_text
 from storage.run import check_name
-from storage.schema import ERROR, REASON, STAGE, with_column
+from storage.schema import ERROR, REASON, STAGE, unit_hash, with_column
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +195,7 @@ class Rephrase(Operator):
             mask &= ~np.asarray(batch.column("synthetic").fill_null(False).to_numpy(zero_copy_only=False), bool)
         if self.sample_fraction < 1.0:
             ids = batch.column("id").to_pylist()
-            mask &= np.array([_unit(f"{self.seed}:{x}") < self.sample_fraction for x in ids], dtype=bool)
+            mask &= np.array([unit_hash(x, self.seed) < self.sample_fraction for x in ids], dtype=bool)
         return mask
 
     # ------------------------------------------------------------------ work
@@ -282,11 +281,6 @@ class Rephrase(Operator):
         if not text:
             return r.text, "rephrase_empty", "empty output"
         return text, None, None
-
-
-def _unit(key: str) -> float:
-    """A uniform number in [0, 1) from ``key``."""
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") / 2.0**64
 
 
 def _field_type(name: str) -> pa.DataType:

@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from operators.minhash import MinHashDedup
-from operators.minhash_sig import shingle_strings
+from operators.dedup.minhash import MinHashDedup
+from operators.dedup.signatures import shingle_strings
 from pipelines.recipe import parse_recipe
 from pipelines.runner import run
 from storage.schema import READ_SCHEMA
