@@ -198,7 +198,7 @@ def _exact_dedup_stage(batches: list) -> list:
 
     from operators.dedup.exact import ExactDedup, normalized_key
 
-    probe = ExactDedup(stage="exact_dedup", _dups=pa.table({"_h": pa.array([], pa.string())}))
+    probe = ExactDedup(stage="exact_dedup")
     keys, ids = [], []
     for b in batches:
         live = np.flatnonzero(probe.active(b))
@@ -206,8 +206,8 @@ def _exact_dedup_stage(batches: list) -> list:
         ids += b.column("id").take(pa.array(live)).to_pylist()
     groups = pa.table({"_h": keys, "id": ids}).group_by("_h").aggregate([("id", "count"), ("id", "min")])
     dups = groups.filter(pc.greater(groups.column("id_count"), 1))
-    op = ExactDedup(stage="exact_dedup", _dups=dups.select(["_h", "id_min"]).rename_columns(["_h", "survivor"]))
-    op._dups = op._dups_ref  # an in-process table: no Ray object to fetch
+    survivors = dups.select(["_h", "id_min"]).rename_columns(["_h", "survivor"])
+    op = ExactDedup(stage="exact_dedup", _shared={"dups": survivors})  # an in-process table: nothing to fetch
     return [op(b) for b in batches]
 
 

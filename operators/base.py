@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -157,20 +159,84 @@ def mark_removed(
     return with_column(batch, DUP_OF, pa.array(dups, pa.string()))
 
 
+@dataclass(frozen=True)
+class StageContext:
+    """Where a whole-dataset step runs, as the runner tells it (so operators never reach up into the runner).
+
+    Args:
+        num_partitions: partitions for the step's shuffles and aggregations.
+        gpus: GPUs in the Ray cluster; 0 runs models on CPU.
+        tmp_dir: a directory for spills, or None for the system's temporary directory.
+    """
+
+    num_partitions: int = 2
+    gpus: int = 0
+    tmp_dir: str | None = None
+
+
+@dataclass
+class Prepared:
+    """What :meth:`GlobalStage.prepare` hands on.
+
+    Args:
+        shared: values the row-wise pass reads with :meth:`GlobalStage.shared` (large ones as
+            ``ray.put`` references, fetched once per worker process).
+        report: the stage's entry in the manifest (``stages[].report``).
+    """
+
+    shared: dict[str, Any] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+#: values fetched from the object store in this worker process, by (reference, conversion)
+_SHARED: dict[tuple[str, str], Any] = {}
+_SHARED_MAX = 8
+
+
 class GlobalStage(Operator):
     """A whole-dataset step (dedup, percentile thresholds, rankings).
 
     The runner first calls :meth:`prepare` with the stage's input as a Ray Data dataset
-    (the previous checkpoint); it runs shuffles/aggregations and returns the keyword
-    arguments the row-wise pass needs (small tables go through ``ray.put``) and a report
-    for the manifest. The runner then builds the operator with those arguments and
-    applies it row-wise like any other stage.
+    (the previous checkpoint) and a :class:`StageContext`; it runs shuffles/aggregations and
+    returns :class:`Prepared` data for the row-wise pass and a report for the manifest. The
+    runner then builds the operator with ``_shared=prepared.shared`` and applies it row-wise
+    like any other stage; the operator reads what was shared with :meth:`shared`.
     """
+
+    def __init__(self, *, _shared: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._shared_in = dict(_shared or {})
+        self._shared_local: dict[tuple[str, str], Any] = {}
+
+    def shared(self, name: str, convert: Callable[[Any], Any] | None = None) -> Any:
+        """The value ``prepare`` shared as ``name``, passed through ``convert`` once.
+
+        An object-store reference is fetched (and converted) once per worker process and kept
+        for the operators that Ray Data builds per task; a plain value once per operator.
+        """
+        if name not in self._shared_in:
+            raise RuntimeError(f"stage {self.stage!r}: {self.op_name} applied without its prepare() pass")
+        value = self._shared_in[name]
+        conv = getattr(convert, "__qualname__", "") if convert else ""
+        import ray
+
+        if isinstance(value, ray.ObjectRef):
+            key = (value.hex(), conv)
+            if key not in _SHARED:
+                if len(_SHARED) >= _SHARED_MAX:
+                    _SHARED.pop(next(iter(_SHARED)))
+                data = ray.get(value)
+                _SHARED[key] = convert(data) if convert else data
+            return _SHARED[key]
+        key = (name, conv)
+        if key not in self._shared_local:
+            self._shared_local[key] = convert(value) if convert else value
+        return self._shared_local[key]
 
     @classmethod
     @abstractmethod
-    def prepare(cls, ds: Any, params: dict[str, Any], num_partitions: int) -> tuple[dict[str, Any], dict]:
-        """Run the whole-dataset pass. Returns (extra constructor kwargs, manifest report)."""
+    def prepare(cls, ds: Any, params: dict[str, Any], ctx: StageContext) -> Prepared:
+        """Run the whole-dataset pass over ``ds`` with the stage's ``params``."""
 
 
 def params_model(cls: type[Operator]) -> type[BaseModel]:

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from operators.base import GlobalStage, mark_removed, register
+from operators.base import GlobalStage, Prepared, StageContext, mark_removed, register
 from operators.classifier import SCORE_CHARS, FastTextModel, embed, train_fasttext
 from operators.models import text_heads
 from operators.percentile import token_weights
@@ -24,8 +24,6 @@ from storage.schema import seeded_hash, with_column
 logger = logging.getLogger(__name__)
 
 POS, NEG = "__label__pos", "__label__neg"
-#: fastText models loaded in this worker process, by object-ref id
-_LOADED: dict[str, FastTextModel] = {}
 #: target-record keys never used as text
 ID_KEYS = frozenset({"id", "_id", "idx", "uid", "qid", "example_id", "doc_id"})
 
@@ -184,8 +182,6 @@ class Betr(GlobalStage):
         word_ngrams: int = 2,
         bucket: int = 2_000_000,
         max_chars: Annotated[int | None, Field(ge=1)] = SCORE_CHARS,
-        _model: Any = None,
-        _cutoff: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -204,9 +200,6 @@ class Betr(GlobalStage):
         )
         _check(self.params)
         self.hyper = dict(lr=lr, dim=dim, ws=ws, minCount=min_count, epoch=epoch, wordNgrams=word_ngrams, bucket=bucket)
-        self._model_ref = _model
-        self._model: FastTextModel | None = None
-        self.cutoff = _cutoff
 
     @classmethod
     def validate_params(cls, **params: Any) -> None:
@@ -217,22 +210,7 @@ class Betr(GlobalStage):
 
     def model(self) -> FastTextModel:
         """The trained classifier, loaded once per worker process (tasks deserialize fresh operators)."""
-        if self._model is None:
-            import ray
-
-            ref = self._model_ref
-            if ref is None:
-                raise RuntimeError(f"stage {self.stage!r}: betr applied without its prepare() pass")
-            if not isinstance(ref, ray.ObjectRef):
-                self._model = FastTextModel.from_bytes(ref)
-            elif ref.hex() in _LOADED:
-                self._model = _LOADED[ref.hex()]
-            else:
-                self._model = FastTextModel.from_bytes(ray.get(ref))
-                if len(_LOADED) >= 2:
-                    _LOADED.pop(next(iter(_LOADED)))
-                _LOADED[ref.hex()] = self._model
-        return self._model
+        return self.shared("model", FastTextModel.from_bytes)
 
     def score(self, texts: list[str]) -> np.ndarray:
         """fastText P(positive) of each text's first ``max_chars`` characters."""
@@ -276,10 +254,8 @@ class Betr(GlobalStage):
         return table.take(pa.array(order))
 
     @classmethod
-    def prepare(cls, ds, params: dict[str, Any], num_partitions: int) -> tuple[dict[str, Any], dict]:
+    def prepare(cls, ds, params: dict[str, Any], ctx: StageContext) -> Prepared:
         import ray
-
-        from pipelines.cluster import accelerators
 
         op = cls(stage="prepare", **params)
         p = op.params
@@ -295,7 +271,7 @@ class Betr(GlobalStage):
         t_sample = time.perf_counter() - t0
 
         t1 = time.perf_counter()
-        if accelerators():
+        if ctx.gpus:
             embed_task = ray.remote(num_gpus=1)(_embed_all)
             emb_t, emb_d = ray.get(
                 [embed_task.remote(p["encoder"], x, p["embed_batch_size"]) for x in (targets, texts)]
@@ -338,7 +314,7 @@ class Betr(GlobalStage):
 
         # pass 2: fastText scores of every live document -> token-weighted cutoff
         t3 = time.perf_counter()
-        scorer = cls(stage="prepare", **params, _model=ref)
+        scorer = cls(stage="prepare", **params, _shared={"model": ref})
 
         def scored(batch: pa.Table) -> pa.Table:
             idx = np.flatnonzero(scorer.active(batch))
@@ -383,19 +359,18 @@ class Betr(GlobalStage):
             },
         }
         logger.info("betr: %s", {k: v for k, v in report.items() if k != "fasttext"})
-        return {"_model": ref, "_cutoff": cutoff}, report
+        return Prepared({"model": ref, "cutoff": cutoff}, report)
 
     # ------------------------------------------------------------------ pass 2
     def apply(self, batch: pa.Table, active: np.ndarray) -> pa.Table:
-        if self.cutoff is None:
-            raise RuntimeError(f"stage {self.stage!r}: betr applied without its prepare() pass")
+        cutoff = self.shared("cutoff")
         idx = np.flatnonzero(active)
         s = self.score(text_heads(batch.column("text").take(pa.array(idx)), self.params["max_chars"]))
         values: list[float | None] = [None] * batch.num_rows
         for k, i in enumerate(idx.tolist()):
             values[i] = float(s[k])
         batch = with_column(batch, "betr", pa.array(values, pa.float64()))
-        low = idx[s < self.cutoff]
+        low = idx[s < cutoff]
         if not low.size:
             return batch
         return mark_removed(batch, low, ["betr_below_cutoff"] * low.size, self.stage)

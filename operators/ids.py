@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from operators.base import GlobalStage, mark_removed, register
+from operators.base import GlobalStage, Prepared, StageContext, mark_removed, register
 
 REASON_DUPLICATE_ID = "input_duplicate_id"
 
@@ -25,19 +25,14 @@ class InputIds(GlobalStage):
     the repeated ones; pass 2 marks every row of a repeated id that is not from its first source.
     """
 
-    def __init__(self, *, _dups: Any = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._dups_ref = _dups
-        self._dups: pa.Table | None = None
-
     @classmethod
-    def prepare(cls, ds, params: dict[str, Any], num_partitions: int) -> tuple[dict[str, Any], dict]:
+    def prepare(cls, ds, params: dict[str, Any], ctx: StageContext) -> Prepared:
         import ray
         from ray.data.aggregate import Count, Min
 
         groups = (
             ds.select_columns(["id", "source"])
-            .groupby("id", num_partitions=num_partitions)
+            .groupby("id", num_partitions=ctx.num_partitions)
             .aggregate(Count(alias_name="n"), Min("source", alias_name="first"))
             .filter(expr="n > 1")
         )
@@ -45,21 +40,10 @@ class InputIds(GlobalStage):
         parts = [t for t in ray.get(groups.to_arrow_refs()) if t.num_rows]
         tables = [p.select(schema.names).cast(schema) for p in parts]
         table = pa.concat_tables(tables) if tables else schema.empty_table()
-        report = {"repeated_ids": int(table.num_rows)}
-        return {"_dups": ray.put(table.select(["id", "first"]))}, report
-
-    def _table(self) -> pa.Table:
-        if self._dups is None:
-            import ray
-
-            ref = self._dups_ref
-            self._dups = ray.get(ref) if isinstance(ref, ray.ObjectRef) else ref
-            if self._dups is None:
-                raise RuntimeError("input_ids applied without its prepare() pass")
-        return self._dups
+        return Prepared({"dups": ray.put(table.select(["id", "first"]))}, {"repeated_ids": int(table.num_rows)})
 
     def apply(self, batch: pa.Table, active: np.ndarray) -> pa.Table:
-        dups = self._table()
+        dups = self.shared("dups")
         if dups.num_rows == 0:
             return batch
         idx = np.flatnonzero(active)

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from operators.base import GlobalStage, mark_removed, register
+from operators.base import GlobalStage, Prepared, StageContext, mark_removed, register
 from storage.schema import SCORE_FIELDS
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,6 @@ class PercentileFilter(GlobalStage):
         band: tuple[float, float],
         per_domain: bool = False,
         reason_prefix: str | None = None,
-        _thresholds: dict[str, tuple[float | None, float | None]] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -84,10 +83,9 @@ class PercentileFilter(GlobalStage):
         self.band = (lo, hi)
         self.per_domain = per_domain
         self.prefix = reason_prefix or column
-        self._thresholds = _thresholds
 
     @classmethod
-    def prepare(cls, ds, params: dict[str, Any], num_partitions: int) -> tuple[dict[str, Any], dict]:
+    def prepare(cls, ds, params: dict[str, Any], ctx: StageContext) -> Prepared:
         import polars as pl
         import ray
 
@@ -136,11 +134,10 @@ class PercentileFilter(GlobalStage):
             "percentiles": report_p,
         }
         logger.info("percentile_filter %s band [%g, %g]: thresholds %s", col, lo, hi, report_t)
-        return {"_thresholds": thresholds}, report
+        return Prepared({"thresholds": thresholds}, report)
 
     def apply(self, batch: pa.Table, active: np.ndarray) -> pa.Table:
-        if self._thresholds is None:
-            raise RuntimeError(f"stage {self.stage!r}: percentile_filter applied without its prepare() pass")
+        thresholds = self.shared("thresholds")
         if self.column not in batch.column_names:
             return batch
         scores = batch.column(self.column).to_pylist()
@@ -149,7 +146,7 @@ class PercentileFilter(GlobalStage):
         reasons: list[str] = []
         for i in np.flatnonzero(active).tolist():
             v = scores[i]
-            t = self._thresholds.get(domains[i] if self.per_domain else ALL)
+            t = thresholds.get(domains[i] if self.per_domain else ALL)
             if v is None or t is None:
                 continue
             low, high = t

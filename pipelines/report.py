@@ -295,28 +295,19 @@ def scores(manifest: dict, con) -> Section:
 
 def dedup(manifest: dict, con) -> Section:
     """Exact-duplicate group sizes and the MinHash plan, S-curve and cluster sizes."""
-    from operators.dedup.components import size_histogram
     from pipelines import charts
 
     body: list[str] = []
     for s in _stages_of(manifest, "exact_dedup"):
-        rep = s.get("report") or {}
-        sizes = np.asarray(
-            [
-                r[0]
-                for r in con.execute(
-                    "SELECT count(*) + 1 FROM removed WHERE stage = ? AND reason = 'exact_duplicate' "
-                    "AND dup_of IS NOT NULL GROUP BY dup_of ORDER BY 1",
-                    [s["stage"]],
-                ).fetchall()
-            ],
-            dtype=np.int64,
-        )
+        rep = dict(s.get("report") or {})
+        hist = rep.pop("group_size_histogram", None)
         body.append(f"<h3>{e(s['stage'])} (exact)</h3>")
         body.append(table(list(rep) or ["report"], [list(rep.values()) or ["none recorded"]]))
-        hist = size_histogram(sizes)
         title = f"{s['stage']}: duplicate groups by size"
-        body.append(charts.cluster_sizes(hist, title) if hist else note("No duplicates."))
+        if hist is None:
+            body.append(note("Group sizes were not recorded by the run (made before Sluice recorded them)."))
+        else:
+            body.append(charts.cluster_sizes(hist, title) if hist else note("No duplicates."))
     for s in _stages_of(manifest, "minhash_dedup"):
         rep = s.get("report") or {}
         plan = rep.get("plan") or {}

@@ -10,7 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from operators.base import GlobalStage, mark_removed, register
+from operators.base import GlobalStage, Prepared, StageContext, mark_removed, register
+from operators.dedup.components import size_histogram
 
 
 def normalized_key(text: str) -> str:
@@ -32,18 +33,14 @@ class ExactDedup(GlobalStage):
     """Remove documents whose normalized text equals another's; the lowest ``id`` survives.
 
     Pass 1 (``prepare``) hashes every live document and groups the hashes with a Ray Data
-    hash aggregation (count, min id), keeping only groups with more than one member. Pass 2
+    hash aggregation (count, min id), keeping only groups with more than one member (the
+    report counts them by size, ``group_size_histogram``). Pass 2
     marks every member of such a group except the survivor as ``exact_duplicate`` with
     ``dup_of`` = the survivor's id. With ``domains``, only those domains take part.
     """
 
-    def __init__(self, *, _dups: Any = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._dups_ref = _dups
-        self._dups: pa.Table | None = None
-
     @classmethod
-    def prepare(cls, ds, params: dict[str, Any], num_partitions: int) -> tuple[dict[str, Any], dict]:
+    def prepare(cls, ds, params: dict[str, Any], ctx: StageContext) -> Prepared:
         import ray
         from ray.data.aggregate import Count, Min
 
@@ -55,7 +52,7 @@ class ExactDedup(GlobalStage):
 
         groups = (
             ds.map_batches(keyed, batch_format="pyarrow")
-            .groupby("_h", num_partitions=num_partitions)
+            .groupby("_h", num_partitions=ctx.num_partitions)
             .aggregate(Count(alias_name="n"), Min("id", alias_name="survivor"))
         )
         dups = groups.filter(expr="n > 1")
@@ -70,21 +67,12 @@ class ExactDedup(GlobalStage):
             "duplicate_groups": int(table.num_rows),
             "duplicates_removed": int((sizes - 1).sum()),
             "largest_group": int(sizes.max()) if sizes.size else 0,
+            "group_size_histogram": size_histogram(sizes),
         }
-        return {"_dups": ray.put(table.select(["_h", "survivor"]))}, report
-
-    def _table(self) -> pa.Table:
-        if self._dups is None:
-            import ray
-
-            ref = self._dups_ref
-            self._dups = ray.get(ref) if isinstance(ref, ray.ObjectRef) else ref
-            if self._dups is None:
-                raise RuntimeError("exact_dedup applied without its prepare() pass")
-        return self._dups
+        return Prepared({"dups": ray.put(table.select(["_h", "survivor"]))}, report)
 
     def apply(self, batch: pa.Table, active: np.ndarray) -> pa.Table:
-        dups = self._table()
+        dups = self.shared("dups")
         if dups.num_rows == 0:
             return batch
         idx, keys = _keys(batch, active)

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from operators.base import GlobalStage, mark_removed, register
+from operators.base import GlobalStage, Prepared, StageContext, mark_removed, register
 from operators.dedup.components import cluster_table, connected_components, distinct_edges, edge_nodes, size_histogram
 from operators.dedup.lsh_plan import MinHashConfig, optimal_bands_rows
 from operators.dedup.ray_steps import StepConfig, candidate_pairs, name_candidates, verify_pairs
@@ -119,7 +119,6 @@ class MinHashDedup(GlobalStage):
         hash: Literal["xxh3", "sha1"] = "xxh3",
         scheme: Literal["affine32", "legacy"] = "affine32",
         shuffle: Literal["sort", "ray_default"] = "sort",
-        _clusters: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -153,8 +152,6 @@ class MinHashDedup(GlobalStage):
         self._bands_rows = (bands, rows)
         if bands is not None:
             self.config  # noqa: B018 - validates bands*rows <= num_perm now
-        self._clusters_ref = _clusters
-        self._clusters: tuple | None = None
 
     @functools.cached_property
     def config(self) -> MinHashConfig:
@@ -172,7 +169,7 @@ class MinHashDedup(GlobalStage):
 
     # ------------------------------------------------------------------ prepare
     @classmethod
-    def prepare(cls, ds, params: dict[str, Any], num_partitions: int) -> tuple[dict[str, Any], dict]:
+    def prepare(cls, ds, params: dict[str, Any], ctx: StageContext) -> Prepared:
         import polars as pl
         import ray
 
@@ -181,7 +178,9 @@ class MinHashDedup(GlobalStage):
         if op.score_column is not None and op.score_column not in ds.schema().names:
             raise ValueError(f"survivor column {op.score_column!r} is not a column of the stage's input")
         seconds: dict[str, float] = {}
-        with tempfile.TemporaryDirectory(prefix="sluice-minhash-") as tmp, _shuffle_strategy(ds, op.shuffle):
+        num_partitions = ctx.num_partitions
+        spill = tempfile.TemporaryDirectory(prefix="sluice-minhash-", dir=ctx.tmp_dir)
+        with spill as tmp, _shuffle_strategy(ds, op.shuffle):
             # 1. signatures -> band rows -> buckets -> candidate pairs (spilled, then distinct)
             t0 = time.perf_counter()
             raw, stats = candidate_pairs(ds, op.steps, num_partitions, os.path.join(tmp, "candidates-raw.parquet"))
@@ -241,23 +240,11 @@ class MinHashDedup(GlobalStage):
             report["clusters"],
             report["duplicates_removed"],
         )
-        return {"_clusters": ray.put(table)}, report
+        return Prepared({"clusters": ray.put(table)}, report)
 
     # ------------------------------------------------------------------ apply
-    def _table(self) -> tuple:
-        if self._clusters is None:
-            import ray
-
-            ref = self._clusters_ref
-            table = ray.get(ref) if isinstance(ref, ray.ObjectRef) else ref
-            if table is None:
-                raise RuntimeError("minhash_dedup applied without its prepare() pass")
-            uid = table.column("uid").to_numpy() if table.num_rows else np.zeros(0, np.int64)
-            self._clusters = (table, uid)
-        return self._clusters
-
     def apply(self, batch: pa.Table, active: np.ndarray) -> pa.Table:
-        table, uids = self._table()
+        table, uids = self.shared("clusters", _with_uids)
         idx = np.flatnonzero(active)
         cluster, size = _column(batch, "dup_cluster"), _column(batch, "dup_cluster_size")
         cluster[0][idx], cluster[1][idx] = -1, True
@@ -287,6 +274,11 @@ class MinHashDedup(GlobalStage):
         if losers.size == 0:
             return batch
         return mark_removed(batch, losers, [REASON] * losers.size, self.stage, survivors)
+
+
+def _with_uids(table: pa.Table) -> tuple[pa.Table, np.ndarray]:
+    """The cluster table and its sorted ``uid`` column as numpy (looked up per batch)."""
+    return table, table.column("uid").to_numpy() if table.num_rows else np.zeros(0, np.int64)
 
 
 @contextlib.contextmanager

@@ -105,7 +105,7 @@ def test_fasttext_scores_a_bounded_prefix_of_long_documents(tmp_path):
     t = write_jsonl(tmp_path / "t.jsonl", [{"question": "q", "answer": "a"}])
     texts = [topic_doc("cooking", i) for i in range(20)] + [topic_doc("sports", i) for i in range(20)]
     model = train_fasttext(texts, [POS] * 20 + [NEG] * 20, bucket=10_000, minCount=1)
-    op = Betr(stage="b", targets=str(t), max_chars=500, _model=model.to_bytes(), _cutoff=0.5)
+    op = Betr(stage="b", targets=str(t), max_chars=500, _shared={"model": model.to_bytes(), "cutoff": 0.5})
     seen: list[int] = []
     proba = op.model().proba
     op.model().proba = lambda xs, label: seen.extend(len(x) for x in xs) or proba(xs, label)

@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from operators.base import StageContext
 from operators.dedup.minhash import MinHashDedup
 from operators.dedup.signatures import shingle_strings
 from pipelines.recipe import parse_recipe
@@ -84,10 +85,10 @@ def _dedup(table: pa.Table, params: dict, blocks: int):
 
     step = max(1, -(-table.num_rows // blocks))
     ds = ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)] or [table])
-    kw, report = MinHashDedup.prepare(ds, params, 2)
-    out = MinHashDedup(stage="minhash_dedup", **params, **kw)(table)
+    prepared = MinHashDedup.prepare(ds, params, StageContext(num_partitions=2))
+    out = MinHashDedup(stage="minhash_dedup", **params, _shared=prepared.shared)(table)
     rows = {r["id"]: r for r in out.to_pylist()}
-    return rows, report
+    return rows, prepared.report
 
 
 LIBERAL = {"bands": 32, "rows": 4}  # P(candidate) ~ 0.87 at s = 0.5: verification has work to do

@@ -1,0 +1,137 @@
+"""Row-wise execution: a segment's consecutive operators fused into one Ray Data task per batch,
+model operators as actor pools (a GPU each when the cluster has them), errors quarantined."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from operators import load_all
+from operators.base import REGISTRY
+from pipelines.recipe import Recipe, stage_params
+from storage.schema import ERROR, REASON, STAGE, with_column
+
+logger = logging.getLogger(__name__)
+
+_CHAINS: dict[str, list] = {}
+
+
+def _chain(key: str, specs: list[tuple[str, str, dict]]) -> list:
+    """Operators for ``specs``, built once per worker process and reused across tasks."""
+    ops = _CHAINS.get(key)
+    if ops is None:
+        if len(_CHAINS) >= 8:  # a long-lived worker serves many runs: keep the newest few
+            _CHAINS.pop(next(iter(_CHAINS)))
+        load_all()
+        ops = [(name, on_error, REGISTRY[op](stage=name, **kw)) for op, name, on_error, kw in specs]
+        _CHAINS[key] = ops
+    return ops
+
+
+def run_chain(batch: pa.Table, *, key: str, specs: list, stats=None) -> pa.Table:
+    """Apply consecutive row-wise operators to one batch, timing each and reporting to ``stats``.
+
+    An operator that raises quarantines the batch's live rows it applies to (reason
+    ``operator_error``, the message in ``error``) unless its stage says ``on_error: fail``.
+    """
+    times: dict[str, float] = {}
+    added: dict[str, int] = {}  # rows appended by adds_rows operators (synthetic rows)
+    metrics: dict[str, dict] = {}
+    n = batch.num_rows
+    first_id = f"{batch.column('id')[0].as_py()}:{n}" if n else ""  # names the batch across task retries
+    for name, on_error, op in _chain(key, specs):
+        t0 = time.perf_counter()
+        before = batch.num_rows
+        try:
+            batch = op(batch)
+        except Exception as e:
+            if on_error == "fail":
+                raise
+            batch = _quarantine(batch, op, name, e)
+        times[name] = time.perf_counter() - t0
+        if batch.num_rows != before:
+            added[name] = batch.num_rows - before
+        if m := op.drain_metrics():
+            metrics[name] = m
+    if stats is not None and (added or metrics):
+        import ray
+
+        ray.get(stats.add_generated.remote(added, metrics, first_id))
+    if stats is not None and times:
+        import ray
+
+        from pipelines.stats import node_id
+
+        ray.get(stats.add_stage.remote(times, n, node_id()))
+    return batch
+
+
+def _quarantine(batch: pa.Table, op, stage: str, exc: Exception) -> pa.Table:
+    active = op.active(batch)
+    logger.warning("stage %s raised on a batch of %d rows: %s", stage, int(active.sum()), exc)
+    mask = pa.array(active)
+    batch = with_column(batch, REASON, pc.if_else(mask, "operator_error", batch.column(REASON)))
+    batch = with_column(batch, STAGE, pc.if_else(mask, stage, batch.column(STAGE)))
+    msg = f"{type(exc).__name__}: {exc}"[:2000]
+    return with_column(batch, ERROR, pc.if_else(mask, msg, batch.column(ERROR)))
+
+
+def apply_stages(ds, recipe: Recipe, start: int, end: int, extra: dict[str, Any], stats, gpus: int):
+    """Chain the segment's operators onto ``ds``: CPU operators fused into tasks, model operators as actor pools."""
+    groups: list[tuple[bool, list]] = []
+    for i in range(start, end):
+        st = recipe.stages[i]
+        cls = REGISTRY[st.op]
+        kw = {**stage_params(st), **(extra if i == start else {})}
+        spec = (st.op, st.stage_name, st.on_error, kw)
+        heavy = cls.uses_accelerator
+        if groups and groups[-1][0] == heavy and not heavy:
+            groups[-1][1].append(spec)
+        else:
+            groups.append((heavy, [spec]))
+    # CPU actor pools share the CPUs with the read and fused tasks: each asks for at most its share of
+    # all but one CPU, so two model stages on a 2-CPU machine cannot starve the reads (a deadlock)
+    pools = sum(heavy for heavy, _ in groups)
+    cpu_share = min(1.0, max(0.1, (_cluster_cpus() - 1) / max(1, pools)))
+    for heavy, specs in groups:
+        key = hashlib.sha256(repr(specs).encode()).hexdigest()  # ObjectRefs repr with their ids
+        on_gpu = bool(gpus) and REGISTRY[specs[0][0]].wants_accelerator(specs[0][3])
+        if not heavy:
+            ds = ds.map_batches(
+                run_chain, batch_format="pyarrow", fn_kwargs={"key": key, "specs": specs, "stats": stats}
+            )
+        else:
+            ds = ds.map_batches(
+                ModelChain,
+                batch_format="pyarrow",
+                fn_constructor_kwargs={"specs": specs, "stats": stats},
+                concurrency=gpus if on_gpu else 1,
+                num_gpus=1 if on_gpu else 0,
+                num_cpus=1 if on_gpu else cpu_share,
+                batch_size=256,
+            )
+    return ds
+
+
+def _cluster_cpus() -> int:
+    from pipelines.cluster import cpus
+
+    return cpus()
+
+
+class ModelChain:
+    """Actor-pool wrapper for model operators: loads the model once per actor."""
+
+    def __init__(self, specs: list, stats=None) -> None:
+        self.key = f"model-{id(self)}"
+        self.specs = specs
+        self.stats = stats
+        _chain(self.key, specs)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return run_chain(batch, key=self.key, specs=self.specs, stats=self.stats)
