@@ -339,7 +339,7 @@ def idle_rtt(root: Path, n: int) -> dict:
 
 def server_side_feedback(root: Path, n: int) -> dict:
     """The server's own share of a round trip: ``MixerEngine.feedback`` (validate, record) called in-process."""
-    from mixers.engine import MixerConfig, MixerEngine
+    from mixers.server.engine import MixerConfig, MixerEngine
 
     eng = MixerEngine(str(root), MixerConfig(seq_len=SEQ_LEN, global_batch=GLOBAL_BATCH, prefetch=0))
     rng = np.random.default_rng(0)
@@ -407,7 +407,7 @@ def main() -> None:
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     root = make_corpus(RESULTS / f"mixer-corpus-{tpd // 10**6}M", tpd)
-    from mixers.corpus import Corpus
+    from mixers.server.corpus import Corpus
 
     train_tokens = sum(Corpus(str(root)).tokens("train").values())
     load_before = os.getloadavg()

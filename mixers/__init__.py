@@ -1,8 +1,11 @@
-"""Online mixing: mixing algorithms, the Arrow Flight batch server and the trainer-side client."""
+"""Online mixing: which domains a trainer's next batches come from, decided while it trains.
 
-from __future__ import annotations
+- :mod:`mixers.algorithms`: the mixing algorithms (static … Aioli, DGA, ODM, DoReMi).
+- :mod:`mixers.server`: the Arrow Flight batch server (``sluice serve``); no torch.
+- :mod:`mixers.trainer`: the trainer side: ``MixtureStream`` and the measurements mixers ask for.
+- :mod:`mixers.tools`: the reference trainer and a simulated trainer, to try mixers.
+- :mod:`mixers.hashing`, :mod:`mixers.checks`: seeded hashing and number checks shared by them.
 
-
-def load_all() -> None:
-    """Import every built-in mixing algorithm so the registry knows them."""
-    from mixers import aioli, dga, doremi, odm, static  # noqa: F401
+``mixers.client``, ``mixers.trainer_utils``, ``mixers.train``, ``mixers.simulate`` and ``mixers.cli``
+are the older import paths, kept as re-exports.
+"""

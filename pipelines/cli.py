@@ -230,7 +230,7 @@ def demo_data(
 
 def _register_commands() -> None:
     """Commands that live next to the code they drive."""
-    from mixers.cli import serve
+    from mixers.server.cli import serve
     from pipelines.select import select_cmd
     from pipelines.train_classifier import train_classifier_cmd
 

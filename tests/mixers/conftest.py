@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mixers.engine import MixerConfig
-from mixers.server import start_server
+from mixers.server.engine import MixerConfig
+from mixers.server.flight import start_server
 
 EOS = 0
 DOCS = {"a": 240, "b": 160, "c": 80}

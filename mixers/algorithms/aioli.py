@@ -24,15 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from mixers.base import REPORT_EVAL, Feedback, MixingAlgorithm, Planned, check_float, check_int, register
-from mixers.sampler import key64, permutation
+from mixers.algorithms.base import REPORT_EVAL, Feedback, MixingAlgorithm, Planned, register
+from mixers.checks import check_int, check_number
+from mixers.hashing import SALT_AIOLI, key64, permutation
 
 #: reference settings from the Aioli repository by number of domains (k >= 3 uses k = 7's); ema is 0.1 in both
 REFERENCE = {
     2: {"lp_rounds": 4, "lp_steps": 4, "eta": 0.2, "update_every": 250, "one_hot_factor": 0.625},
     7: {"lp_rounds": 2, "lp_steps": 10, "eta": 1.0, "update_every": 200, "one_hot_factor": 0.75},
 }
-SALT_AIOLI = 0xA1
 
 
 def probe_matrix(k: int, one_hot_factor: float) -> np.ndarray:
@@ -98,17 +98,17 @@ class Aioli(MixingAlgorithm):
         if empty:
             raise ValueError(f"aioli: probes every domain, but {empty} have no training tokens")
         ref = REFERENCE[2 if k == 2 else 7]
-        self.lp_rounds = check_int("aioli", "lp_rounds", ref["lp_rounds"] if lp_rounds is None else lp_rounds, 1)
-        self.lp_steps = check_int("aioli", "lp_steps", ref["lp_steps"] if lp_steps is None else lp_steps, 1)
+        self.lp_rounds = check_int(ref["lp_rounds"] if lp_rounds is None else lp_rounds, "aioli: `lp_rounds`", 1)
+        self.lp_steps = check_int(ref["lp_steps"] if lp_steps is None else lp_steps, "aioli: `lp_steps`", 1)
         self.update_every = check_int(
-            "aioli", "update_every", ref["update_every"] if update_every is None else update_every, 2
+            ref["update_every"] if update_every is None else update_every, "aioli: `update_every`", 2
         )
-        self.warmup = check_int("aioli", "warmup", warmup, 1)
-        self.seed = check_int("aioli", "seed", seed, 0)
-        self.eta = check_float("aioli", "eta", ref["eta"] if eta is None else eta, lo=0.0)
-        self.ema = None if ema is None else check_float("aioli", "ema", ema, lo=0.0, below=1.0)
-        self.one_hot_factor = check_float(
-            "aioli", "one_hot_factor", ref["one_hot_factor"] if one_hot_factor is None else one_hot_factor, lo=0.0
+        self.warmup = check_int(warmup, "aioli: `warmup`", 1)
+        self.seed = check_int(seed, "aioli: `seed`", 0)
+        self.eta = check_number(ref["eta"] if eta is None else eta, "aioli: `eta`", 0.0)
+        self.ema = None if ema is None else check_number(ema, "aioli: `ema`", 0.0, 1.0)
+        self.one_hot_factor = check_number(
+            ref["one_hot_factor"] if one_hot_factor is None else one_hot_factor, "aioli: `one_hot_factor`", 0.0
         )
         if not 1.0 / k < self.one_hot_factor <= 1.0:
             raise ValueError(

@@ -3,7 +3,7 @@
 Every ``every`` steps the trainer measures, for each training domain i, the alignment
 a_i = ⟨g_i, g_target⟩ between the gradient of a small batch of domain i and the gradient
 of a small batch of the target task, and sends the k scalars (gradients never leave the
-trainer; :func:`mixers.trainer_utils.alignment_scores` computes them). Mirror descent on
+trainer; :func:`mixers.trainer.utils.alignment_scores` computes them). Mirror descent on
 the simplex then moves the weights toward the domains whose gradients help the target:
 
     α ← softmax(log α + μ·a)        (a scaled by max |a_i| when ``normalize``)
@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from mixers.base import REPORT_ALIGNMENT, Feedback, MixingAlgorithm, check_float, check_int, register
+from mixers.algorithms.base import REPORT_ALIGNMENT, Feedback, MixingAlgorithm, register
+from mixers.checks import check_int, check_number
 
 
 def mirror_step(alpha: np.ndarray, scores: np.ndarray, mu: float, eps: float) -> np.ndarray:
@@ -58,10 +59,10 @@ class DGA(MixingAlgorithm):
         normalize: bool = True,
     ) -> None:
         super().__init__(domains, token_counts=token_counts)
-        self.every = check_int("dga", "every", every, 1)
-        self.mu = check_float("dga", "mu", mu, lo=0.0)
-        self.eps = check_float("dga", "eps", eps, lo=0.0, below=1.0)
-        self.ema = check_float("dga", "ema", ema, lo=0.0, below=1.0)
+        self.every = check_int(every, "dga: `every`", 1)
+        self.mu = check_number(mu, "dga: `mu`", 0.0)
+        self.eps = check_number(eps, "dga: `eps`", 0.0, 1.0)
+        self.ema = check_number(ema, "dga: `ema`", 0.0, 1.0)
         self.normalize = bool(normalize)
         self._live = np.array([self.token_counts[d] > 0 for d in self.domains])
         if not self._live.any():

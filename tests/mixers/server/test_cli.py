@@ -13,12 +13,12 @@ import numpy as np
 import typer
 from typer.testing import CliRunner
 
-from mixers.cli import serve
-from mixers.client import MixtureStream
-from mixers.engine import MixerConfig
-from mixers.server import start_server
+from mixers.server.cli import serve
+from mixers.server.engine import MixerConfig
+from mixers.server.flight import start_server
+from mixers.trainer.client import MixtureStream
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 ARGS = ["--seq-len", "32", "--global-batch", "8", "--mixer", "static", "--weights", "a=1,b=1,c=2", "--log-every", "0"]
 
 
@@ -48,7 +48,7 @@ def _port() -> int:
 
 def _spawn(out, port, *extra):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "mixers.cli", str(out), "--port", str(port), *ARGS, *extra]
+    cmd = [sys.executable, "-m", "mixers.server.cli", str(out), "--port", str(port), *ARGS, *extra]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -6,10 +6,11 @@ import logging
 import numpy as np
 import pytest
 
-from mixers.aioli import normalize_interactions, probe_matrix, solve_interactions
-from mixers.base import REPORT, REPORT_EVAL, Feedback, build
-from mixers.sampler import exact_counts, place_exact
-from mixers.simulate import MixingLaw, SimulatedTrainer, run
+from mixers.algorithms import build
+from mixers.algorithms.aioli import normalize_interactions, probe_matrix, solve_interactions
+from mixers.algorithms.base import REPORT, REPORT_EVAL, Feedback
+from mixers.server.sampler import exact_counts, place_exact
+from mixers.tools.simulate import MixingLaw, SimulatedTrainer, run
 
 D = ["a", "b", "c"]
 COUNTS = dict.fromkeys(D, 1000)
@@ -136,7 +137,7 @@ def test_aioli_beats_stratified_with_noisy_evals():
 def test_aioli_missing_eval_leaves_weights_unchanged_for_that_round(caplog):
     algo = small_aioli()
     before = algo.weights()
-    with caplog.at_level(logging.WARNING, logger="mixers.base"):
+    with caplog.at_level(logging.WARNING, logger="mixers.algorithms.base"):
         for t in (0, 2, 4, 6):
             losses = {"a": 5.0 - t * 0.1, "b": 5.0}  # `c` never measured
             algo.update(Feedback(step=t, eval_loss=losses))
@@ -213,7 +214,7 @@ def test_doremi_upweights_excess_loss_and_beats_stratified():
 def test_loss_driven_mixers_skip_unusable_reports(caplog):
     odm, doremi = build("odm", D, COUNTS), build("doremi", D, COUNTS)
     before_o, before_d = odm.weights(), doremi.weights()
-    with caplog.at_level(logging.WARNING, logger="mixers.base"):
+    with caplog.at_level(logging.WARNING, logger="mixers.algorithms.base"):
         assert odm.update(Feedback(step=0, loss_sum={}, tokens={})) is None
         no_ref = Feedback(step=0, loss_sum={"a": 10.0}, tokens={"a": 4})
         assert doremi.update(no_ref) is None

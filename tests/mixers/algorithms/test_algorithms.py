@@ -4,8 +4,9 @@ import math
 
 import pytest
 
-from mixers.base import REGISTRY, Feedback, build, normalize_weights
-from mixers.static import parse_weights
+from mixers.algorithms import build
+from mixers.algorithms.base import REGISTRY, Feedback, normalize_weights
+from mixers.algorithms.static import parse_weights
 
 DOMAINS = ["code", "math", "web"]
 COUNTS = {"code": 100, "math": 400, "web": 1600}

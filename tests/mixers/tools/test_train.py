@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mixers.train import GPT, GPTConfig, TrainConfig, VocabMap, lr_at, main
+from mixers.tools.train import GPT, GPTConfig, TrainConfig, VocabMap, lr_at, main
 
 TINY = ["--seq-len", "32", "--global-batch", "8", "--n-embd", "16", "--n-head", "2", "--n-layer", "1"]
 AIOLI = ["--mixer", "aioli", "--param", "lp_rounds=1", "--param", "lp_steps=1", "--param", "update_every=5"]

@@ -8,8 +8,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mixers.base import normalize_weights
-from mixers.feedback import FeedbackError, _per_domain
+from mixers.algorithms.base import normalize_weights
+from mixers.checks import int_range, is_int
+from mixers.server.feedback import FeedbackError, _per_domain
 
 STATE_FORMAT = "sluice.mixer.state"
 STATE_VERSION = 1
@@ -133,7 +134,7 @@ def check_state(state: Any) -> dict[str, Any]:
     if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
         raise ValueError(f"not a mixer state (expected format {STATE_FORMAT!r})")
     version = state.get("version")
-    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= STATE_VERSION:
+    if not is_int(version) or not 1 <= version <= STATE_VERSION:
         raise ValueError(f"mixer state version {version!r} is not supported (this code reads <= {STATE_VERSION})")
     for key in ("seed", "step", "domains", "cursors", "schedule", "mixer", "config", "epoch_tokens"):
         if key not in state:
@@ -227,8 +228,8 @@ def _obj(v: Any, field: str) -> Mapping:
 
 def _int(m: Mapping, key: str, field: str, lo: int, hi: int = MAX_INT) -> int:
     v = m.get(key)
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise _bad(field, f"an integer >= {lo}" if hi == MAX_INT else f"an integer in [{lo}, {hi}]", v)
+    if not is_int(v) or not lo <= v <= hi:
+        raise _bad(field, int_range(lo, None if hi == MAX_INT else hi), v)
     return v
 
 

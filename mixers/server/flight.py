@@ -33,7 +33,7 @@ Bad tickets and bodies get a ``FlightServerError`` with a one-line message namin
 never a traceback or a file path: an unexpected error is logged here with its traceback and
 the client gets ``<what>: internal server error (<type>)`` — and the server goes on serving.
 
-Limits, checked before a request is used (constants here and in :mod:`mixers.engine`):
+Limits, checked before a request is used (constants here and in :mod:`mixers.server.engine`):
 ``MAX_TICKET_BYTES`` (64 KiB) per ticket and ``MAX_ACTION_BYTES`` (1 MiB) per action body,
 before parsing; ``MAX_JSON_DEPTH`` (16) levels of nesting; ``MAX_GROUP`` steps a message.
 A ``report``'s ``tokens`` of a domain may not exceed that domain's tokens in the rank's slice
@@ -71,10 +71,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from mixers.base import FEEDBACK_KINDS
-from mixers.engine import MixerConfig, MixerEngine, MixerFailed, RequestError
-from mixers.feedback import FeedbackError
-from mixers.sampler import GlobalBatch
+from mixers.algorithms.base import FEEDBACK_KINDS
+from mixers.checks import check_int, is_number
+from mixers.server.engine import MixerConfig, MixerEngine, MixerFailed, RequestError
+from mixers.server.feedback import FeedbackError
+from mixers.server.sampler import GlobalBatch
 
 logger = logging.getLogger(__name__)
 
@@ -183,10 +184,7 @@ def _redact(msg: str) -> str:
 
 
 def _get_int(body: dict, key: str, default: int | None = None, lo: int = 0) -> int:
-    v = body.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise RequestError(f"ticket field `{key}` must be an integer >= {lo}, got {v!r}")
-    return v
+    return check_int(body.get(key, default), f"ticket field `{key}`", lo, error=RequestError)
 
 
 class MixerServer(flight.FlightServerBase):
@@ -266,7 +264,7 @@ class MixerServer(flight.FlightServerBase):
             elif kind == "checkpoint":
                 step = body.get("step")
                 timeout = body.get("timeout", 30.0)
-                if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 <= timeout <= 600:
+                if not is_number(timeout) or not 0 <= timeout <= 600:
                     raise RequestError(
                         f"checkpoint: `timeout` must be a number of seconds in [0, 600], got {timeout!r}"
                     )

@@ -1,25 +1,32 @@
-"""The mixer's core, independent of the transport: produce global batches ahead of the trainer,
-close steps by feeding the algorithm, keep the schedule, snapshot the state per step."""
+"""The mixer's core, independent of the transport: produce global batches ahead of the trainer and
+serve them to ranks; close steps by feeding the algorithm, and snapshot the state per step.
+
+:class:`MixerEngine` does the production (the producer thread, the cache of made batches, rebuilding
+an evicted one), the serving (rank claims, the window of steps it can serve) and all the waiting;
+the bookkeeping — the algorithm, the schedule, feedback per step, states, token counters — is its
+:class:`~mixers.server.ledger.Ledger` and :class:`~mixers.server.ledger.TokenMeter`.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from mixers.base import REPORT, REPORT_ALIGNMENT, REPORT_EVAL, MixingAlgorithm, build, normalize_weights
-from mixers.corpus import HOLDOUT, TRAIN, Corpus
-from mixers.feedback import FeedbackError, StepFeedback, parse_alignment, parse_eval, parse_report
-from mixers.sampler import GlobalBatch, PackedStream, build_batch, pack_holdout, slot_domains
-from mixers.state import Schedule, check_state, make_state
+from mixers.algorithms.base import REPORT, REPORT_ALIGNMENT, REPORT_EVAL, MixingAlgorithm
+from mixers.checks import check_int, is_int
+from mixers.server.corpus import HOLDOUT, TRAIN, Corpus
+from mixers.server.feedback import FeedbackError, parse_alignment, parse_eval, parse_report
+from mixers.server.ledger import Ledger, Snapshot, TokenMeter
+from mixers.server.sampler import GlobalBatch, PackedStream, build_batch, pack_holdout
+from mixers.server.state import Schedule, check_state
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +75,8 @@ class MixerConfig:
 
     def __post_init__(self) -> None:
         for name, lo in (("seq_len", 1), ("global_batch", 1), ("shuffle_window", 1), ("feedback_lag", 1)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
-        if not isinstance(self.prefetch, int) or self.prefetch < 0:
-            raise ValueError(f"prefetch must be an integer >= 0, got {self.prefetch!r}")
+            check_int(getattr(self, name), name, lo)
+        check_int(self.prefetch, "prefetch", 0)
 
     def __str__(self) -> str:
         return f"{self.mixer}_L{self.seq_len}_B{self.global_batch}_seed{self.seed}_win{self.shuffle_window}"
@@ -81,21 +85,11 @@ class MixerConfig:
         return {k: getattr(self, k) for k in ("seq_len", "global_batch", "shuffle_window", "feedback_lag")}
 
 
-@dataclass
-class _Snapshot:
-    """What the state at the start of a step needs beyond the schedule."""
-
-    cursors: np.ndarray
-    schedule_len: int
-    algo_state: dict[str, Any]
-    closed_through: int
-
-
 class MixerEngine:
     """Produces global batches in step order on a background thread and answers requests.
 
     Producing step ``t`` first *closes* step ``t - feedback_lag`` (see
-    :class:`mixers.base.MixingAlgorithm`), then snapshots the state at ``t`` (cursors,
+    :class:`mixers.algorithms.base.MixingAlgorithm`), then snapshots the state at ``t`` (cursors,
     algorithm state), then builds the batch from (seed, t, weights at t, cursors). Batches
     are cached until every rank has fetched its slice; an evicted one is rebuilt from its
     snapshot (same bytes: it is a pure function of the snapshot).
@@ -116,30 +110,13 @@ class MixerEngine:
             state = check_state(state)
             config = self._config_from_state(config, state)
         self.config = config
-        self.algorithm: MixingAlgorithm = build(
-            config.mixer, self.domains, self.train_tokens, **dict(config.mixer_params)
-        )
+        self.ledger = Ledger(self.domains, self.train_tokens, config, state)
         if state is None:
-            init = self._checked(self.algorithm.weights(), f"{config.mixer}.weights()")
-            self.schedule = Schedule([{"step": 0, "weights": init, "reason": f"init:{config.mixer}"}])
             self.base = 0
             cursors = np.zeros(len(self.domains), np.int64)
-            self._closed = -1
-            self._feedback: dict[int, StepFeedback] = {}
-            self._world: int | None = None
         else:
-            self.algorithm.load_state_dict(state["mixer"].get("state", {}))
-            self.schedule = Schedule(state["schedule"])
-            for e in self.schedule.entries:
-                self._checked(e["weights"], f"state schedule at step {e['step']}")
             self.base = int(state["step"])
             cursors = np.array([int(state["cursors"][d]) for d in self.domains], np.int64)
-            self._closed = int(state.get("closed_through", self.base - config.feedback_lag))
-            self._feedback = {int(f["step"]): StepFeedback.from_dict(f) for f in state.get("feedback", [])}
-            # keep the old world size only while partial `report`s from its ranks are pending;
-            # otherwise a resumed job may come back with another number of ranks
-            pending = any(f.reports for f in self._feedback.values())
-            self._world = state.get("world") if pending else None
         self._executor = ThreadPoolExecutor(max(1, readers), thread_name_prefix="mixer-read")
         self.streams = [
             PackedStream(self.corpus, d, config.seed, config.shuffle_window, self._executor) for d in self.domains
@@ -157,8 +134,7 @@ class MixerEngine:
         self._want_explicit = self.base - 1  # furthest step a checkpoint or a `report` asked for
         self._batches: OrderedDict[int, GlobalBatch] = OrderedDict()
         self._fetched: dict[int, set[int]] = {}
-        self._snapshots: OrderedDict[int, _Snapshot] = OrderedDict()
-        self._algo_state = _copy(self.algorithm.state_dict())
+        self._snapshots: OrderedDict[int, Snapshot] = OrderedDict()
         self._stop = threading.Event()
         self.failed: str | None = None
         self._waiting_since: float | None = None
@@ -166,14 +142,19 @@ class MixerEngine:
         # serving statistics
         self._ranks: dict[int, dict[str, Any]] = {}
         self._claims = 0  # train streams accepted so far (a claim's id)
-        self._served = np.zeros(len(self.domains), np.int64)
-        self._samples: deque[tuple[float, np.ndarray]] = deque(maxlen=120)
-        self._last_loss: dict[str, float] = {}
-        self._last_eval: dict[str, float] = {}
+        self._meter = TokenMeter(self.domains)
         self._holdout_cache: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}
         self.started = time.time()
         self.instance = uuid.uuid4().hex
         self._producer = threading.Thread(target=self._produce_loop, name="mixer-producer", daemon=True)
+
+    @property
+    def algorithm(self) -> MixingAlgorithm:
+        return self.ledger.algorithm
+
+    @property
+    def schedule(self) -> Schedule:
+        return self.ledger.schedule
 
     # ------------------------------------------------------------------ set-up
     def _config_from_state(self, config: MixerConfig, state: dict[str, Any]) -> MixerConfig:
@@ -204,13 +185,6 @@ class MixerEngine:
             prefetch=config.prefetch,
         )
 
-    def _checked(self, weights: dict[str, float], where: str) -> dict[str, float]:
-        w = normalize_weights(weights, self.domains, where)
-        empty = [d for d in self.domains if w[d] > 0 and self.train_tokens[d] == 0]
-        if empty:
-            raise ValueError(f"{where}: positive weight on domain(s) {empty} that have no training tokens")
-        return w
-
     def start(self) -> MixerEngine:
         self._producer.start()
         return self
@@ -229,26 +203,20 @@ class MixerEngine:
         return self._stop.is_set()
 
     # ------------------------------------------------------------------ production
-    def _weights_vec(self, step: int) -> tuple[np.ndarray, bool]:
-        """The weights in force at ``step`` as a vector in domain order, and whether they are exact counts."""
-        e = self.schedule.entry(step)
-        return np.array([e["weights"][d] for d in self.domains], np.float64), bool(e.get("exact", False))
-
-    def _apply_plan(self, t: int) -> None:
-        """Record the algorithm's planned weights for step ``t`` if they differ from the schedule's. Holds ``_cv``."""
-        p = self.algorithm.plan(t)
-        if p is None:
-            return
-        w = self._checked(p.weights, f"{self.config.mixer}.plan({t})")
-        e = self.schedule.entry(t)
-        if w != e["weights"] or p.exact != bool(e.get("exact", False)):
-            self.schedule.add(t, w, p.reason, p.exact)
-            logger.info("step %d: weights %s (%s%s)", t, _fmt(w), p.reason, ", exact" if p.exact else "")
-
     def due(self, step: int) -> list[str]:
         """Measurements the trainer owes after training on ``step`` (``report_eval``, ``report_alignment``);
         sent with the step's batch. ``report`` is not listed: a trainer sends it every step."""
-        return sorted(self.algorithm.needs(step) - {REPORT})
+        return self.ledger.due(step)
+
+    def _build(self, step: int, cursors: np.ndarray) -> GlobalBatch:
+        """The batch of ``step`` from the cursors at its start: a pure function of them and the weights at
+        ``step``, so a rebuilt batch has the same bytes."""
+        weights, exact = self.ledger.weights_at(step)
+        with self._gen_lock:
+            return build_batch(
+                self.streams, self.config.seed, step, self.config.global_batch, self.config.seq_len,
+                weights, cursors, exact,
+            )  # fmt: skip
 
     def _produce_loop(self) -> None:
         try:
@@ -263,14 +231,9 @@ class MixerEngine:
                     t = self._next
                     if not self._close(t - self.config.feedback_lag):
                         return
-                    self._apply_plan(t)
-                    snap = _Snapshot(self._cursors.copy(), len(self.schedule), self._algo_state, self._closed)
-                    weights, exact = self._weights_vec(t)
-                with self._gen_lock:
-                    batch = build_batch(
-                        self.streams, self.config.seed, t, self.config.global_batch, self.config.seq_len,
-                        weights, snap.cursors, exact,
-                    )  # fmt: skip
+                    self.ledger.apply_plan(t)
+                    snap = self.ledger.snapshot(self._cursors)
+                batch = self._build(t, snap.cursors)  # outside `_cv`: this thread alone adds to the schedule
                 with self._cv:
                     self._snapshots[t] = snap
                     self._batches[t] = batch
@@ -278,8 +241,7 @@ class MixerEngine:
                     self._next = t + 1
                     while len(self._snapshots) > RETAIN:
                         self._snapshots.popitem(last=False)
-                    for s in [s for s in self._feedback if s < t - RETAIN]:
-                        del self._feedback[s]
+                    self.ledger.forget_before(t - RETAIN)
                     while len(self._batches) > 4 * self.config.prefetch + 16:
                         old, _ = self._batches.popitem(last=False)
                         self._fetched.pop(old, None)
@@ -307,31 +269,33 @@ class MixerEngine:
         return max(lockstep, self._want_explicit)
 
     def _close(self, c: int) -> bool:
-        """Give the algorithm the feedback of step ``c`` (waiting for what it needs). Holds ``_cv``."""
-        if c < 0 or c <= self._closed:
+        """Give the algorithm the feedback of step ``c``, waiting for what it needs; False if stopped
+        meanwhile. Holds ``_cv``."""
+        needs = self.ledger.to_close(c)
+        if needs is None:
             return True
-        needs = frozenset(self.algorithm.needs(c))
-        if not needs <= self.algorithm.feedback_kinds:
-            raise RuntimeError(f"{self.config.mixer}.needs({c}) = {sorted(needs)} is not within its feedback_kinds")
-        if needs:
-            fb = self._feedback.setdefault(c, StepFeedback(c))
-            while not all(fb.has(k, self._world) for k in needs):
-                if self._stop.is_set():
-                    return False
-                if self._waiting_since is None:
-                    self._waiting_since = time.time()
-                self._cv.wait(0.5)
-                fb = self._feedback.setdefault(c, StepFeedback(c))
-            self._waiting_since = None
-            new = self.algorithm.update(fb.to_feedback(needs))
-            self._algo_state = _copy(self.algorithm.state_dict())
-            if new is not None:
-                at = c + self.config.feedback_lag
-                w = self._checked(new, f"{self.config.mixer}.update() at step {c}")
-                if w != self.schedule.at(at):
-                    self.schedule.add(at, w, f"{self.config.mixer}@{c}")
-                    logger.info("step %d: weights %s (%s@%d)", at, _fmt(w), self.config.mixer, c)
-        self._closed = c
+        while needs and not self.ledger.has(c, needs):
+            if self._stop.is_set():
+                return False
+            if self._waiting_since is None:
+                self._waiting_since = time.time()
+            self._cv.wait(0.5)
+        self._waiting_since = None
+        self.ledger.close(c, needs)
+        return True
+
+    def _wait_produced(self, step: int, timeout: float, poll: float | None = None) -> bool:
+        """Wait up to ``timeout`` s (waking at least every ``poll`` s) for ``step`` to be produced; False if
+        it was not by then or the engine stopped. Raises :class:`MixerFailed` if the producer failed. Holds
+        ``_cv``."""
+        deadline = time.monotonic() + timeout
+        while step >= self._next:
+            if self.failed:
+                raise MixerFailed(self.failed)
+            left = deadline - time.monotonic()
+            if left <= 0 or self._stop.is_set():
+                return False
+            self._ready.wait(left if poll is None else min(left, poll))
         return True
 
     def awaiting(self) -> dict[str, Any] | None:
@@ -340,15 +304,7 @@ class MixerEngine:
             if self._waiting_since is None:
                 return None
             c = self._next - self.config.feedback_lag
-            fb = self._feedback.get(c, StepFeedback(c))
-            needs = sorted(self.algorithm.needs(c))
-            missing_ranks = sorted(set(range(self._world or 1)) - fb.ranks) if REPORT in needs else []
-            return {
-                "step": c,
-                "kinds": [k for k in needs if not fb.has(k, self._world)],
-                "missing_ranks": missing_ranks,
-                "seconds": round(time.time() - self._waiting_since, 1),
-            }
+            return {"step": c, **self.ledger.missing(c), "seconds": round(time.time() - self._waiting_since, 1)}
 
     # ------------------------------------------------------------------ serving
     def check_train(self, rank: int, world: int, step: int) -> None:
@@ -358,9 +314,9 @@ class MixerEngine:
         if not 0 <= rank < world:
             raise RequestError(f"rank {rank} must be in [0, {world})")
         with self._cv:
-            if self._world is not None and world != self._world:
+            if self.ledger.world is not None and world != self.ledger.world:
                 raise RequestError(
-                    f"world {world} differs from this server's world {self._world}; "
+                    f"world {world} differs from this server's world {self.ledger.world}; "
                     "every rank of a job uses the same world size (restart the server to change it)"
                 )
             self.check_step(step)
@@ -382,8 +338,8 @@ class MixerEngine:
                     )
                 self._cv.wait(min(left, 0.05))
             self.check_train(rank, world, step)  # again: the world or the window may have moved meanwhile
-            if self._world is None:
-                self._world = world
+            if self.ledger.world is None:
+                self.ledger.world = world
             self._claims += 1
             r = self._ranks.setdefault(rank, {"streams": 0})
             r.update(claim=self._claims, streams=1, last_seen=time.time())
@@ -409,14 +365,8 @@ class MixerEngine:
             if step + self.config.prefetch > self._want:
                 self._want = step + self.config.prefetch
             self._wake_producer()
-            deadline = time.monotonic() + timeout
-            while step >= self._next:
-                if self.failed:
-                    raise MixerFailed(self.failed)
-                left = deadline - time.monotonic()
-                if left <= 0 or self._stop.is_set():
-                    return None
-                self._ready.wait(left)
+            if not self._wait_produced(step, timeout):
+                return None
             b = self._batches.get(step)
             snap = self._snapshots.get(step) if b is None else None
             if b is None and snap is None:
@@ -424,23 +374,18 @@ class MixerEngine:
             if b is not None:
                 done = self._fetched.setdefault(step, set())
                 done.add(rank)
-                if self._world is not None and len(done) >= self._world:
+                if self.ledger.world is not None and len(done) >= self.ledger.world:
                     self._batches.pop(step, None)
                     self._fetched.pop(step, None)
         if b is None:  # evicted: rebuild from the snapshot
-            weights, exact = self._weights_vec(step)
-            with self._gen_lock:
-                b = build_batch(
-                    self.streams, self.config.seed, step, self.config.global_batch, self.config.seq_len,
-                    weights, snap.cursors, exact,
-                )  # fmt: skip
+            b = self._build(step, snap.cursors)
         return b
 
     def served(self, rank: int, step: int, domains: np.ndarray) -> None:
         """Count a rank's delivered slice of ``step`` (per-domain token rates in `status`)."""
         counts = np.bincount(domains, minlength=len(self.domains)) * self.config.seq_len
         with self._cv:
-            self._served += counts
+            self._meter.add(counts)
             self._ranks.setdefault(rank, {"streams": 0})["next_step"] = step + 1
             self._wake_producer()
 
@@ -470,59 +415,25 @@ class MixerEngine:
             if not lo <= step < hi:
                 raise FeedbackError(f"{kind}: step {step} is outside the feedback window [{lo}, {hi})")
             if kind == REPORT:
-                self._check_tokens(step, rank, world, tokens)
-            fb = self._feedback.get(step) or StepFeedback(step)
-            if kind == REPORT:
-                fb.add_report(rank, loss, tokens, ref)
-                if self._world is None:  # only an accepted report fixes the world
-                    self._world = world
-                mean = {d: loss[d] / tokens[d] for d in loss if tokens[d] > 0}
-                self._last_loss.update(mean)
+                self._check_report(step, rank, world, tokens)
+                self.ledger.add_report(step, rank, world, loss, tokens, ref)
             else:
-                fb.set_once(kind, values)
-                if kind == REPORT_EVAL:
-                    self._last_eval.update(values)
-            self._feedback[step] = fb
+                self.ledger.add_measurement(kind, step, values)
             self._cv.notify_all()
-            return {"ok": True, "step": step, "closed_through": self._closed}
+            return {"ok": True, "step": step, "closed_through": self.ledger.closed}
 
-    def _check_tokens(self, step: int, rank: int, world: int, tokens: dict[str, int]) -> None:
+    def _check_report(self, step: int, rank: int, world: int, tokens: dict[str, int]) -> None:
         """Refuse a `report` whose world is not the server's or that claims more tokens of a domain than
         ``rank``'s slice of ``step`` holds (fewer is fine: a trainer may mask positions). A step not
         produced yet is waited for, up to REPORT_WAIT s. Holds ``_cv``."""
-        B = self.config.global_batch
-
-        def check_world() -> None:
-            if B % world:
-                raise FeedbackError(f"{REPORT}: world {world} must divide global_batch {B}")
-            if self._world is not None and world != self._world:
-                raise FeedbackError(f"{REPORT}: world {world} differs from this server's world {self._world}")
-
-        check_world()
+        self.ledger.check_world(world)
         if step >= self._next:
             self._want_explicit = max(self._want_explicit, step)
             self._cv.notify_all()
-            deadline = time.monotonic() + REPORT_WAIT
-            while step >= self._next:
-                if self.failed:
-                    raise MixerFailed(self.failed)
-                left = deadline - time.monotonic()
-                if left <= 0 or self._stop.is_set():
-                    raise FeedbackError(f"{REPORT}: step {step} has not been produced (next step: {self._next})")
-                self._ready.wait(min(left, 0.5))
-            check_world()
-        try:
-            weights, exact = self._weights_vec(step)
-        except ValueError:
-            raise FeedbackError(f"{REPORT}: step {step} is before this server's schedule") from None
-        per = B // world
-        ids = slot_domains(self.config.seed, step, B, weights, exact)[rank * per : (rank + 1) * per]
-        served = dict(zip(self.domains, (np.bincount(ids, minlength=len(self.domains)) * self.config.seq_len).tolist()))
-        over = ", ".join(f"{d}: {n} > {served[d]}" for d, n in sorted(tokens.items()) if n > served[d])
-        if over:
-            raise FeedbackError(
-                f"{REPORT}: `tokens` exceed what rank {rank} of {world} was served of step {step} ({over})"
-            )
+            if not self._wait_produced(step, REPORT_WAIT, poll=0.5):
+                raise FeedbackError(f"{REPORT}: step {step} has not been produced (next step: {self._next})")
+            self.ledger.check_world(world)
+        self.ledger.check_tokens(step, rank, world, tokens)
 
     # ------------------------------------------------------------------ state
     def checkpoint(self, step: int | None = None, timeout: float = 30.0) -> dict[str, Any]:
@@ -537,7 +448,7 @@ class MixerEngine:
             if step is None:
                 nexts = [r["next_step"] for r in self._ranks.values() if "next_step" in r]
                 step = min(nexts) if nexts else self._next
-            if isinstance(step, bool) or not isinstance(step, int):
+            if not is_int(step):
                 raise RequestError(f"checkpoint: `step` must be an integer, got {step!r}")
             if step < self._next:
                 self.check_step(step)
@@ -549,17 +460,12 @@ class MixerEngine:
             def produced() -> bool:
                 return step < self._next or step == self.base == self._next
 
-            waits_for_reports = REPORT in self.algorithm.feedback_kinds
+            waits_for_reports = REPORT in self.ledger.algorithm.feedback_kinds
 
             def ready() -> bool:
                 if not produced():
                     return False
-                if not waits_for_reports:
-                    return True
-                lo = step - self.config.feedback_lag
-                return all(
-                    not fb.reports or fb.has(REPORT, self._world) for s, fb in self._feedback.items() if lo < s < step
-                )
+                return not waits_for_reports or self.ledger.reports_complete(step - self.config.feedback_lag, step)
 
             while not ready():
                 if self.failed:
@@ -573,25 +479,8 @@ class MixerEngine:
                 self._cv.wait(min(left, 0.5))
             snap = self._snapshots.get(step)
             if snap is None:  # a resumed server before its first step: the loaded state
-                snap = _Snapshot(self._cursors.copy(), len(self.schedule), self._algo_state, self._closed)
-            entries = self.schedule.upto(step)
-            feedback = [self._feedback[s].to_dict() for s in sorted(self._feedback) if snap.closed_through < s < step]
-            return make_state(
-                seed=self.config.seed,
-                step=step,
-                domains=self.domains,
-                cursors=dict(zip(self.domains, snap.cursors.tolist())),
-                schedule=entries,
-                mixer=self.config.mixer,
-                mixer_params=self.config.mixer_params,
-                algorithm_state=snap.algo_state,
-                closed_through=snap.closed_through,
-                feedback=feedback,
-                config=self.config.recorded(),
-                epoch_tokens=self.train_tokens,
-                corpus=self.corpus_digest,
-                world=self._world,
-            )
+                snap = self.ledger.snapshot(self._cursors)
+            return self.ledger.state(step, snap, self.corpus_digest)
 
     # ------------------------------------------------------------------ info, status, eval
     def info(self) -> dict[str, Any]:
@@ -602,7 +491,7 @@ class MixerEngine:
             "seed": self.config.seed,
             "mixer": self.config.mixer,
             "feedback_lag": self.config.feedback_lag,
-            "world": self._world,
+            "world": self.ledger.world,
             "first_step": self.base,
             "train_tokens": self.train_tokens,
             "holdout_tokens": self.corpus.tokens(HOLDOUT),
@@ -614,18 +503,11 @@ class MixerEngine:
     def sample_rates(self) -> None:
         """Record the served-token counters (the monitor calls this about once a second)."""
         with self._cv:
-            self._samples.append((time.monotonic(), self._served.copy()))
+            self._meter.sample()
 
     def rates(self, window: float = 10.0) -> dict[str, float]:
         with self._cv:
-            if len(self._samples) < 2:
-                return dict.fromkeys(self.domains, 0.0)
-            t1, c1 = self._samples[-1]
-            t0, c0 = next(((t, c) for t, c in self._samples if t1 - t <= window), self._samples[0])
-            if t0 == t1:
-                t0, c0 = self._samples[-2]
-        dt = max(t1 - t0, 1e-9)
-        return {d: float(x) / dt for d, x in zip(self.domains, c1 - c0)}
+            return self._meter.rates(window)
 
     def status(self) -> dict[str, Any]:
         """Serving status. ``step`` is the lowest next step among ranks with an open stream (what has
@@ -635,19 +517,19 @@ class MixerEngine:
         with self._cv:
             ranks = {r: v for r, v in self._ranks.items() if v.get("streams", 0) > 0}
             trainer_step = min((v.get("next_step", self._next) for v in ranks.values()), default=self._next)
-            weights = self.schedule.at(max(trainer_step, 0))
+            ledger = self.ledger
             out = {
                 "step": trainer_step,
                 "produced_through": self._next - 1,
-                "closed_through": self._closed,
-                "weights": weights,
+                "closed_through": ledger.closed,
+                "weights": ledger.schedule.at(max(trainer_step, 0)),
                 "tokens_per_s": rates,
-                "tokens_served": dict(zip(self.domains, self._served.tolist())),
+                "tokens_served": dict(zip(self.domains, self._meter.served.tolist())),
                 "connected_ranks": sorted(ranks),
-                "world": self._world,
-                "schedule_entries": len(self.schedule),
-                "train_loss": dict(self._last_loss),
-                "eval_loss": dict(self._last_eval),
+                "world": ledger.world,
+                "schedule_entries": len(ledger.schedule),
+                "train_loss": dict(ledger.last_loss),
+                "eval_loss": dict(ledger.last_eval),
                 "uptime_s": round(time.time() - self.started, 1),
                 "failed": self.failed,
             }
@@ -668,12 +550,3 @@ class MixerEngine:
             hit = (max_sequences, toks, valid)
             self._holdout_cache[domain] = hit
         return hit[1][:max_sequences], hit[2][:max_sequences]
-
-
-def _copy(state: dict[str, Any]) -> dict[str, Any]:
-    """A deep, JSON-clean copy (checks the algorithm's state really is JSON)."""
-    return json.loads(json.dumps(state))
-
-
-def _fmt(weights: dict[str, float]) -> str:
-    return " ".join(f"{d}={w:.3f}" for d, w in weights.items())

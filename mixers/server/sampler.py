@@ -1,4 +1,5 @@
-"""Deterministic sampling and packing: every order and every draw is a hash of (seed, position).
+"""Deterministic sampling and packing: every order and every draw is a hash of (seed, position)
+(:mod:`mixers.hashing`).
 
 No long-lived random generator exists here. A sequence's domain is a hash of (seed,
 step, slot) mapped through the weights in force; a domain's document order in epoch
@@ -11,7 +12,6 @@ function of the draws of earlier steps — which is what resume and replicas rel
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import threading
 from collections import OrderedDict
@@ -22,60 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from mixers.corpus import Corpus, SplitIndex
+from mixers.hashing import SALT_DOCS, SALT_DRAW, SALT_UNITS, key64, name_key, permutation, uniforms
+from mixers.server.corpus import Corpus, SplitIndex
 
 logger = logging.getLogger(__name__)
-
-M64 = (1 << 64) - 1
-GOLDEN = 0x9E3779B97F4A7C15
-# salts keep the hash families of different decisions independent
-SALT_DRAW, SALT_UNITS, SALT_DOCS = 0xD1, 0x5E, 0xD0
-
-
-def _mix(x: int) -> int:
-    """splitmix64's finaliser on a Python int."""
-    x &= M64
-    x ^= x >> 30
-    x = (x * 0xBF58476D1CE4E5B9) & M64
-    x ^= x >> 27
-    x = (x * 0x94D049BB133111EB) & M64
-    return x ^ (x >> 31)
-
-
-def key64(*parts: int) -> int:
-    """A 64-bit key from integers (any sign, any size)."""
-    h = 0
-    for p in parts:
-        h = _mix(h ^ _mix((p + GOLDEN) & M64))
-    return h
-
-
-def name_key(name: str) -> int:
-    """A stable 64-bit key for a name (Python's ``hash`` is salted per process)."""
-    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
-
-
-def hash_index(key: int, n: int) -> np.ndarray:
-    """``n`` independent 64-bit hashes of (key, 0..n-1) as uint64."""
-    x = np.arange(n, dtype=np.uint64) + np.uint64(GOLDEN)
-    for _ in range(2):  # splitmix64 finaliser, twice: once on the index, once keyed
-        x ^= x >> np.uint64(30)
-        x *= np.uint64(0xBF58476D1CE4E5B9)
-        x ^= x >> np.uint64(27)
-        x *= np.uint64(0x94D049BB133111EB)
-        x ^= x >> np.uint64(31)
-        x ^= np.uint64(key)
-    return x
-
-
-def uniforms(key: int, n: int) -> np.ndarray:
-    """``n`` floats in [0, 1) that depend only on (key, index)."""
-    return (hash_index(key, n) >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
-
-
-def permutation(key: int, n: int) -> np.ndarray:
-    """A permutation of ``range(n)`` that depends only on ``key`` (stable across numpy versions)."""
-    return np.argsort(hash_index(key, n), kind="stable")
 
 
 def draw_domains(seed: int, step: int, n_slots: int, weights: np.ndarray) -> np.ndarray:

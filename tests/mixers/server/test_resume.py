@@ -12,9 +12,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mixers.base import REPORT, MixingAlgorithm, register
-from mixers.client import MixtureStream
-from mixers.engine import MixerConfig
+from mixers.algorithms.base import REPORT, MixingAlgorithm, register
+from mixers.server.engine import MixerConfig
+from mixers.trainer.client import MixtureStream
 
 N_STEPS = 18
 
@@ -77,7 +77,7 @@ def train(location, steps, state=None, stream=None):
 
 @pytest.fixture(scope="module")
 def reference(run_dir):
-    from mixers.server import start_server
+    from mixers.server.flight import start_server
 
     srv = start_server(str(run_dir[0]), CONFIG, log_every=0)
     try:
@@ -145,7 +145,7 @@ def test_client_reconnects_across_a_server_restart(serve, reference):
 
 
 def test_resume_refuses_a_state_from_other_data(serve, run_dir, tmp_path):
-    from mixers.server import start_server
+    from mixers.server.flight import start_server
     from tests.mixers.conftest import make_run
 
     srv = serve(CONFIG)

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from mixers.corpus import Corpus
-from mixers.sampler import PackedStream, build_batch, draw_domains, pack_holdout, permutation
+from mixers.hashing import permutation
+from mixers.server.corpus import Corpus
+from mixers.server.sampler import PackedStream, build_batch, draw_domains, pack_holdout
 from tests.mixers.conftest import EOS, SMALL_DOCS, decode, make_run
 
 

@@ -13,12 +13,12 @@ import pyarrow.flight as flight
 import pytest
 from typer.testing import CliRunner
 
-from mixers.client import MixtureStream
-from mixers.engine import CLAIM_WAIT, MixerConfig
-from mixers.server import MAX_ACTION_BYTES, MAX_JSON_DEPTH, MAX_TICKET_BYTES, is_loopback, start_server
-from mixers.state import check_state
+from mixers.server.engine import CLAIM_WAIT, MixerConfig
+from mixers.server.flight import MAX_ACTION_BYTES, MAX_JSON_DEPTH, MAX_TICKET_BYTES, is_loopback, start_server
+from mixers.server.state import check_state
+from mixers.trainer.client import MixtureStream
 from tests.mixers.conftest import read_steps
-from tests.mixers.test_cli import _app
+from tests.mixers.server.test_cli import _app
 
 
 def test_non_loopback_bind_without_token_is_refused_at_start(run_dir):
@@ -131,7 +131,7 @@ def test_hostile_bodies_and_tickets_get_a_short_error_and_the_server_keeps_servi
     def broken(*_, **__):
         raise OSError("[Errno 5] /secret/run/shards/domain=a/part-00000.parquet: input/output error")
 
-    caplog.set_level(logging.WARNING, logger="mixers.server")
+    caplog.set_level(logging.WARNING, logger="mixers.server.flight")
     srv.engine.status = broken
     with pytest.raises(flight.FlightServerError, match=r"^status: internal server error \(OSError\)") as e:
         list(c.do_action(flight.Action("status", b"{}")))
@@ -286,7 +286,7 @@ def test_serve_start_up_errors_are_one_line(serve, run_dir, tmp_path, monkeypatc
     def broken(*_, **__):
         raise RuntimeError("something odd\n  File '/work/x.py', line 1")
 
-    monkeypatch.setattr("mixers.server.start_server", broken)
+    monkeypatch.setattr("mixers.server.flight.start_server", broken)
     r = CliRunner().invoke(_app(), [*args, "--port", "0"])
     assert r.exit_code == 2 and r.output.strip().splitlines()[-1] == "error: RuntimeError: something odd"
     assert "Traceback" not in r.output and "/work/x.py" not in r.output

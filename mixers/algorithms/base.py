@@ -1,14 +1,19 @@
-"""The mixing-algorithm interface every mixer implements, the feedback it receives, and the registry."""
+"""The mixing-algorithm interface every mixer implements, the feedback it receives, and the registry.
+
+This module imports nothing of its package: the algorithms import it, and
+:func:`mixers.algorithms.build` looks names up in :data:`REGISTRY` once they have.
+"""
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+from mixers.checks import is_number
 
 logger = logging.getLogger(__name__)
 
@@ -33,23 +38,6 @@ def register(name: str):
         return cls
 
     return deco
-
-
-def build(name: str, domains: list[str], token_counts: Mapping[str, int], **params: Any) -> MixingAlgorithm:
-    """Construct the registered algorithm ``name`` for ``domains`` with ``params``."""
-    from mixers import load_all
-
-    load_all()
-    if name not in REGISTRY:
-        raise ValueError(f"unknown mixer {name!r}; known mixers: {', '.join(sorted(REGISTRY))}")
-    cls = REGISTRY[name]
-    sig = inspect.signature(cls.__init__)
-    if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-        allowed = sorted(set(sig.parameters) - {"self", "domains", "token_counts"})
-        unknown = sorted(set(params) - set(allowed))
-        if unknown:
-            raise ValueError(f"{name}: unknown parameter(s) {unknown}; {name} takes {allowed or 'no parameters'}")
-    return cls(domains, token_counts=token_counts, **params)
 
 
 @dataclass(frozen=True)
@@ -159,8 +147,8 @@ class MixingAlgorithm(ABC):
     Subclasses implement ``__init__(domains, *, token_counts, **params)`` (validate params
     there, naming the parameter), :meth:`weights`, :meth:`state_dict` and
     :meth:`load_state_dict`; adaptive ones also :meth:`needs`, :meth:`update` and
-    :attr:`feedback_kinds`. Register them with ``@register("name")`` in a module that
-    ``mixers.load_all`` imports.
+    :attr:`feedback_kinds`. Register them with ``@register("name")``; a built-in one in a module
+    that :mod:`mixers.algorithms` imports.
 
     Args:
         domains: the domains served, sorted.
@@ -232,26 +220,10 @@ def normalize_weights(weights: Mapping[str, float], domains: list[str], where: s
     out = {}
     for d in domains:
         w = weights.get(d, 0.0)
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+        if not is_number(w) or w < 0:
             raise ValueError(f"{where}: weight for {d!r} must be a finite number >= 0, got {w!r}")
         out[d] = float(w)
     total = math.fsum(out.values())
     if total <= 0:
         raise ValueError(f"{where}: weights must have a positive sum, got {dict(weights)}")
     return {d: w / total for d, w in out.items()}
-
-
-def check_int(mixer: str, name: str, v: Any, lo: int) -> int:
-    """``v`` if it is an integer >= ``lo``; else ValueError naming the mixer and parameter."""
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ValueError(f"{mixer}: `{name}` must be an integer >= {lo}, got {v!r}")
-    return v
-
-
-def check_float(mixer: str, name: str, v: Any, lo: float, below: float | None = None) -> float:
-    """``float(v)`` if it is a finite number in [lo, below); else ValueError naming the mixer and parameter."""
-    ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v >= lo
-    if not ok or (below is not None and v >= below):
-        span = f">= {lo}" if below is None else f"in [{lo}, {below})"
-        raise ValueError(f"{mixer}: `{name}` must be a finite number {span}, got {v!r}")
-    return float(v)

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from mixers.base import REPORT, Feedback, MixingAlgorithm, check_float, register
+from mixers.algorithms.base import REPORT, Feedback, MixingAlgorithm, register
+from mixers.checks import check_number
 
 
 @register("doremi")
@@ -39,8 +40,8 @@ class DoReMi(MixingAlgorithm):
         self, domains: list[str], *, token_counts: Mapping[str, int], eta: float = 1.0, eps: float = 1e-3
     ) -> None:
         super().__init__(domains, token_counts=token_counts)
-        self.eta = check_float("doremi", "eta", eta, lo=0.0)
-        self.eps = check_float("doremi", "eps", eps, lo=0.0, below=1.0)
+        self.eta = check_number(eta, "doremi: `eta`", 0.0)
+        self.eps = check_number(eps, "doremi: `eps`", 0.0, 1.0)
         self._live = np.array([self.token_counts[d] > 0 for d in self.domains])
         if not self._live.any():
             raise ValueError("doremi: no domain has training tokens")

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from mixers.client import RecycledArrays, train_tensors
+from mixers.trainer.client import RecycledArrays, train_tensors
 
 
 def test_an_array_is_reused_only_after_its_tensors_and_views_are_gone():

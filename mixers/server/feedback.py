@@ -6,7 +6,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from mixers.base import REPORT, REPORT_ALIGNMENT, REPORT_EVAL, Feedback
+from mixers.algorithms.base import REPORT, REPORT_ALIGNMENT, REPORT_EVAL, Feedback
+from mixers.checks import check_int, check_number
 
 
 class FeedbackError(ValueError):
@@ -14,10 +15,8 @@ class FeedbackError(ValueError):
 
 
 def _int(body: dict, key: str, lo: int = 0) -> int:
-    v = body.get(key)
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise FeedbackError(f"`{key}` must be an integer, got {v!r}")
-    if v < lo:
+    v = check_int(body.get(key), f"`{key}`", error=FeedbackError)
+    if v < lo:  # the range has its own message ("must be >= 0"), as before
         raise FeedbackError(f"`{key}` must be >= {lo}, got {v}")
     return v
 
@@ -29,14 +28,8 @@ def _per_domain(body: dict, key: str, domains: list[str], *, nonneg: bool, integ
     unknown = sorted(set(v) - set(domains))
     if unknown:
         raise FeedbackError(f"`{key}`: unknown domain(s) {unknown}; known domains: {domains}")
-    out = {}
-    for d, x in v.items():
-        ok_type = isinstance(x, int) if integer else isinstance(x, (int, float))
-        if isinstance(x, bool) or not ok_type or not math.isfinite(x) or (nonneg and x < 0):
-            kind = "an integer" if integer else "a finite number"
-            raise FeedbackError(f"`{key}`[{d!r}] must be {kind}{' >= 0' if nonneg else ''}, got {x!r}")
-        out[d] = int(x) if integer else float(x)
-    return out
+    check = check_int if integer else check_number
+    return {d: check(x, f"`{key}`[{d!r}]", 0 if nonneg else None, error=FeedbackError) for d, x in v.items()}
 
 
 def _keys(body: Any, allowed: set[str], kind: str) -> dict:

@@ -9,8 +9,8 @@ import pyarrow.flight as flight
 import pytest
 import torch
 
-from mixers.client import MixtureStream
-from mixers.engine import MixerConfig
+from mixers.server.engine import MixerConfig
+from mixers.trainer.client import MixtureStream
 from tests.mixers.conftest import decode, read_steps
 
 
@@ -204,7 +204,7 @@ def test_batches_the_trainer_keeps_are_never_overwritten_by_later_ones(serve):
 
 def test_narrow_streams_carry_the_same_ids_in_half_the_bytes(small_run_dir):
     """On a corpus whose ids fit uint16, a `narrow` ticket gets them as uint16; the default stays int32."""
-    from mixers.server import start_server
+    from mixers.server.flight import start_server
 
     srv = start_server(str(small_run_dir[0]), MixerConfig(seq_len=16, global_batch=8, prefetch=4), log_every=0)
     try:

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from mixers.base import REPORT_ALIGNMENT, REPORT_EVAL
-from mixers.client import MixtureStream
-from mixers.engine import MixerConfig
-from mixers.sampler import exact_counts
-from mixers.trainer_utils import alignment_scores, causal_lm_loss, held_out_losses, sequence_losses
+from mixers.algorithms.base import REPORT_ALIGNMENT, REPORT_EVAL
+from mixers.server.engine import MixerConfig
+from mixers.server.sampler import exact_counts
+from mixers.trainer.client import MixtureStream
+from mixers.trainer.utils import alignment_scores, causal_lm_loss, held_out_losses, sequence_losses
 
 AIOLI = MixerConfig(
     seq_len=32,

@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from mixers.base import MixingAlgorithm, normalize_weights, register
+from mixers.algorithms.base import MixingAlgorithm, normalize_weights, register
 
 
 def parse_weights(spec: str | Mapping[str, float]) -> dict[str, float]:

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from mixers.base import REPORT, Feedback, MixingAlgorithm, check_float, register
+from mixers.algorithms.base import REPORT, Feedback, MixingAlgorithm, register
+from mixers.checks import check_number
 
 VARIANTS = ("exp3", "smoothed_mean")
 
@@ -48,7 +49,7 @@ class ODM(MixingAlgorithm):
         if variant not in VARIANTS:
             raise ValueError(f"odm: `variant` must be one of {list(VARIANTS)}, got {variant!r}")
         self.variant = variant
-        self.gamma = check_float("odm", "gamma", gamma, lo=0.0, below=1.0)
+        self.gamma = check_number(gamma, "odm: `gamma`", 0.0, 1.0)
         self._live = np.array([self.token_counts[d] > 0 for d in self.domains])
         if not self._live.any():
             raise ValueError("odm: no domain has training tokens")
