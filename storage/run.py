@@ -196,6 +196,10 @@ class RunDir:
         """Absolute paths of the Parquet files under ``sub`` (``shards``, a checkpoint's ``live``…), sorted."""
         return sorted(f"{self.root}/{rel}" for rel in self.files(sub) if rel.endswith(".parquet"))
 
+    def shard_files(self) -> list[tuple[str, str]]:
+        """(domain, absolute path) of every kept shard, sorted: what a reader of the run serves."""
+        return sorted((partition_value(p[len(self.root) + 1 :]), p) for p in self.parquet(SHARDS))
+
     def file_record(self, rel: str) -> dict:
         """Path (relative), partition, rows, bytes and sha256 of one Parquet file, read from disk."""
         import pyarrow as pa

@@ -19,13 +19,10 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from storage.fs import resolve
+from storage.run import HOLDOUT, SHARDS, TRAIN, RunDir
 
 logger = logging.getLogger(__name__)
 
-SHARDS = "shards"
-TRAIN = "train"
-HOLDOUT = "holdout"
 SPLITS = (TRAIN, HOLDOUT)
 
 
@@ -95,19 +92,18 @@ class Corpus:
 
     def __init__(self, out: str, threads: int = 8) -> None:
         self.out = out.rstrip("/")
-        self.fs, root = resolve(f"{self.out}/{SHARDS}")
+        run = RunDir(self.out)
+        self.fs, self.shards_root = run.fs, f"{run.root}/{SHARDS}"
         try:
-            ds = pads.dataset(root, filesystem=self.fs, format="parquet", partitioning="hive")
-        except (FileNotFoundError, pa.ArrowInvalid) as e:
+            frags = run.shard_files()
+        except OSError as e:
             raise FileNotFoundError(f"{out}: no readable {SHARDS}/ directory ({e})") from None
-        frags = []
-        for frag in ds.get_fragments():
-            domain = pads.get_partition_keys(frag.partition_expression).get("domain")
-            if domain is not None:
-                frags.append((str(domain), frag.path))
         if not frags:
             raise FileNotFoundError(f"{out}: no shards under {SHARDS}/domain=<d>/; is this a finished run?")
-        frags.sort()
+        try:
+            ds = pads.dataset([p for _, p in frags], filesystem=self.fs, format="parquet")
+        except (FileNotFoundError, pa.ArrowInvalid) as e:
+            raise FileNotFoundError(f"{out}: unreadable shards under {SHARDS}/ ({e})") from None
         self.files = [p for _, p in frags]
         file_domain = [d for d, _ in frags]
         self.domains = sorted(set(file_domain))
@@ -160,7 +156,7 @@ class Corpus:
     def fingerprint(self) -> str:
         """A digest of what the train stream is built from: shard names (relative), row groups, rows, lengths."""
         h = hashlib.blake2b(digest_size=16)
-        root = resolve(f"{self.out}/{SHARDS}")[1]
+        root = self.shards_root
         for d in self.domains:
             idx = self.index[d][TRAIN]
             h.update(d.encode() + b"\0")
