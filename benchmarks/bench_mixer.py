@@ -295,11 +295,18 @@ def feedback_rtt(
 
     Reported steps follow the server's (untimed ``status`` every 100 calls): streaming clients move it
     by hundreds of steps a second, and the server only takes feedback within its window of steps.
+    Each report's per-sequence domains are the ones the server serves that rank at that step
+    (a pure function of seed, step and weights, computed untimed), since the server refuses a
+    report that claims tokens of a domain the rank was not served.
     """
     import torch
 
-    losses = torch.rand(global_batch // world, dtype=torch.float32) + 2.0
-    domains = torch.randint(0, len(DOMAINS), (global_batch // world,))
+    from mixers.server.sampler import slot_domains
+
+    per = global_batch // world
+    losses = torch.rand(per, dtype=torch.float32) + 2.0
+    seed = stream.info["seed"]
+    weights = np.asarray([stream.status()["weights"][d] for d in stream.domains], dtype=np.float64)
     times = []
     rank0 = stream.rank
     step = step0
@@ -309,6 +316,8 @@ def feedback_rtt(
         if i % 100 == 0:
             step = max(step, stream.status()["produced_through"] + 1)
         stream.rank = i % world
+        slots = slot_domains(seed, step, global_batch, weights)[stream.rank * per : (stream.rank + 1) * per]
+        domains = torch.from_numpy(slots.astype(np.int64))
         t0 = time.perf_counter()
         stream.report(step, losses, domains)
         times.append((time.perf_counter() - t0) * 1e3)
@@ -324,31 +333,52 @@ def feedback_rtt(
 
 
 def idle_rtt(root: Path, n: int) -> dict:
+    """Feedback round trips on an idle server: the client first receives ``n`` + 50 steps (untimed),
+    then reports each of them, as a trainer would; only the reports are timed, the first 50 warm up."""
+    import torch
+
     from mixers.client import MixtureStream
 
     port = _free_port()
     proc = start_server(root, port)
-    s = MixtureStream(f"grpc://127.0.0.1:{port}", rank=0, world_size=1, reconnect_timeout=120)
-    s.info  # noqa: B018
-    feedback_rtt(s, 50, 1, step0=n + 100)  # warm the channel (steps clear of the timed ones)
-    out = feedback_rtt(s, n, 1)
+    s = MixtureStream(f"grpc://127.0.0.1:{port}", rank=0, world_size=1, reconnect_timeout=120, max_steps=n + 50)
+    received = [(b["step"], b["domain"].clone()) for b in s]
+    times = []
+    for i, (step, domains) in enumerate(received):
+        losses = torch.rand(domains.shape[0], dtype=torch.float32) + 2.0
+        t0 = time.perf_counter()
+        s.report(step, losses, domains)
+        if i >= 50:
+            times.append((time.perf_counter() - t0) * 1e3)
     s.close()
     stop_server(proc)
-    return out
+    times.sort()
+    return {
+        "n": len(times),
+        "p50_ms": statistics.median(times),
+        "p99_ms": times[min(len(times) - 1, int(0.99 * len(times)))],
+        "max_ms": times[-1],
+    }
 
 
 def server_side_feedback(root: Path, n: int) -> dict:
-    """The server's own share of a round trip: ``MixerEngine.feedback`` (validate, record) called in-process."""
+    """The server's own share of a round trip: ``MixerEngine.feedback`` (validate against the tokens
+    served, record) called in-process; each step is produced and served first, untimed."""
     from mixers.server.engine import MixerConfig, MixerEngine
 
-    eng = MixerEngine(str(root), MixerConfig(seq_len=SEQ_LEN, global_batch=GLOBAL_BATCH, prefetch=0))
+    eng = MixerEngine(str(root), MixerConfig(seq_len=SEQ_LEN, global_batch=GLOBAL_BATCH, prefetch=0)).start()
     rng = np.random.default_rng(0)
     times = []
     for i in range(n):
+        batch = None
+        while batch is None:
+            batch = eng.batch(i, 0, timeout=5.0)
+        served = np.bincount(batch.domains, minlength=len(eng.domains)) * SEQ_LEN
         body = {"step": i, "rank": 0, "world": 1, "loss_sum": {}, "tokens": {}}
-        for d in DOMAINS:
-            body["loss_sum"][d] = float(rng.random() * 1e4)
-            body["tokens"][d] = int(rng.integers(1, 40000))
+        for k, d in enumerate(eng.domains):
+            if served[k]:
+                body["loss_sum"][d] = float(rng.random() * 1e4)
+                body["tokens"][d] = int(served[k])
         t0 = time.perf_counter()
         eng.feedback("report", json.loads(json.dumps(body)))
         times.append((time.perf_counter() - t0) * 1e3)
