@@ -2,18 +2,46 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, create_model
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
 
 from storage.schema import DUP_OF, REASON, STAGE, score_field, with_column
+
+
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not true/false")
+    return value
+
+
+#: constraints operators write on their constructor parameters (checked by pydantic, see params_model)
+NOT_BOOL = BeforeValidator(_not_bool)
+AtLeastOne = Annotated[int, NOT_BOOL, Field(ge=1)]
+NonNegativeInt = Annotated[int, NOT_BOOL, Field(ge=0)]
+NonNegative = Annotated[float, NOT_BOOL, Field(ge=0)]
+Positive = Annotated[float, NOT_BOOL, Field(gt=0)]
+Share = Annotated[float, NOT_BOOL, Field(gt=0, le=1)]  # (0, 1]
+Probability = Annotated[float, NOT_BOOL, Field(ge=0, le=1)]  # [0, 1]
+
+
+def _existing_file(path: str) -> str:
+    if not Path(path).expanduser().is_file():
+        raise ValueError(f"file {path!r} does not exist")
+    return path
+
+
+#: a parameter naming a local file that must exist when the recipe is validated
+ExistingFile = Annotated[str, AfterValidator(_existing_file)]
 
 #: op name (as written in recipes) -> operator class
 REGISTRY: dict[str, type[Operator]] = {}
@@ -55,6 +83,23 @@ class Operator(ABC):
     uses_accelerator: ClassVar[bool] = False
     #: True for operators that append new rows (e.g. synthetic documents) after the batch's rows
     adds_rows: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every operator's constructor checks its parameters against :func:`params_model` first,
+        so constraints written on the annotations hold for recipes and Python callers alike."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None or getattr(init, "_checks_params", False):
+            return
+
+        @functools.wraps(init)
+        def checked(self: Operator, *args: Any, **kw: Any) -> None:
+            if _init_owner(type(self)) is cls:  # the most-derived constructor checks, once
+                check_params(type(self), kw)
+            init(self, *args, **kw)
+
+        checked._checks_params = True  # type: ignore[attr-defined]
+        cls.__init__ = checked  # type: ignore[method-assign]
 
     def __init__(self, *, stage: str, domains: list[str] | None = None) -> None:
         self.stage = stage
@@ -239,12 +284,50 @@ class GlobalStage(Operator):
         """Run the whole-dataset pass over ``ds`` with the stage's ``params``."""
 
 
+def _init_owner(cls: type) -> type:
+    return next(k for k in cls.__mro__ if "__init__" in k.__dict__)
+
+
+def check_params(cls: type[Operator], params: dict[str, Any]) -> None:
+    """Raise ValueError naming every parameter of ``params`` that breaks ``cls``'s annotations."""
+    given = {k: v for k, v in params.items() if k != "stage" and not k.startswith("_")}
+    try:
+        params_model(cls).model_validate(given)
+    except ValidationError as e:
+        raise ValueError(f"{cls.op_name or cls.__name__}: {describe(e)}") from None
+
+
+#: parts of a pydantic error location that name a union member, not a parameter or key
+_UNION_TAGS = {"float", "int", "str", "bool", "list", "tuple", "dict", "none"}
+
+
+def problems(err: ValidationError) -> list[dict[str, Any]]:
+    """pydantic's errors with union-member tags dropped from ``loc``, one per parameter: of a
+    parameter's problems the most specific (deepest) one, for a union the member that got furthest."""
+    best: dict[Any, dict[str, Any]] = {}
+    for e in err.errors():
+        tag = [isinstance(x, str) and ("[" in x or x in _UNION_TAGS) for x in e["loc"]]
+        loc = tuple(x for x, t in zip(e["loc"], tag) if not t)
+        key = tuple(e["loc"][: tag.index(True)]) if any(tag) else loc  # a union's members share one key
+        if key not in best or len(loc) > len(best[key]["loc"]):
+            best[key] = {**e, "loc": loc}
+    return list(best.values())
+
+
+def describe(err: ValidationError) -> str:
+    """One line per parameter: ``name.key: message, got value``."""
+    return "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}, got {e.get('input')!r}" for e in problems(err))
+
+
+@functools.cache
 def params_model(cls: type[Operator]) -> type[BaseModel]:
     """A pydantic model of the recipe parameters, read from the operator's ``__init__``.
 
     Keyword-only parameters of every ``__init__`` in the class hierarchy are parameters
     (``stage`` is set by the runner, names starting with ``_`` are internal), so the
-    constructor stays the single source of truth for names, types and defaults.
+    constructor stays the single source of truth for names, types, defaults and
+    constraints (``Annotated[int, Field(ge=1)]``): the recipe validator reports a
+    violation with its YAML line, and a Python caller gets the same check (:func:`check_params`).
     """
     fields: dict[str, Any] = {}
     for klass in cls.__mro__:

@@ -15,7 +15,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from operators.base import GlobalStage, Prepared, StageContext, mark_removed, register
+from operators.base import (
+    AtLeastOne,
+    ExistingFile,
+    GlobalStage,
+    Prepared,
+    Share,
+    StageContext,
+    mark_removed,
+    register,
+)
 from operators.classifier import SCORE_CHARS, FastTextModel, embed, train_fasttext
 from operators.models import text_heads
 from operators.percentile import token_weights
@@ -95,22 +104,6 @@ def _embed_all(spec: str, texts: list[str], batch_size: int) -> np.ndarray:
     return embed(load_sentence_transformer(spec), texts, batch_size)
 
 
-def _check(p: dict[str, Any]) -> None:
-    if not Path(p["targets"]).expanduser().is_file():
-        raise ValueError(f"betr: targets file {p['targets']!r} does not exist (JSONL of benchmark examples)")
-    for name in ("positive_fraction", "keep_fraction"):
-        if not 0.0 < p[name] <= 1.0:
-            raise ValueError(f"betr: {name} must be in (0, 1], got {p[name]}")
-    if not 0.0 <= p["validation_fraction"] < 0.5:
-        raise ValueError(f"betr: validation_fraction must be in [0, 0.5), got {p['validation_fraction']}")
-    if p["sample_size"] < 10:
-        raise ValueError(f"betr: sample_size must be >= 10, got {p['sample_size']}")
-    if p["max_targets"] is not None and p["max_targets"] < 1:
-        raise ValueError(f"betr: max_targets must be >= 1 or null, got {p['max_targets']}")
-    if p["max_chars"] is not None and p["max_chars"] < 1:
-        raise ValueError(f"betr: max_chars must be >= 1 or null, got {p['max_chars']}")
-
-
 @register("betr")
 class Betr(GlobalStage):
     """Benchmark-targeted ranking: keep the documents most like a set of target examples.
@@ -164,15 +157,15 @@ class Betr(GlobalStage):
     def __init__(
         self,
         *,
-        targets: str,
+        targets: ExistingFile,
         target_fields: list[str] | None = None,
-        max_targets: int | None = None,
-        sample_size: int = 10_000,
-        positive_fraction: float = 0.1,
-        keep_fraction: float = 0.1,
+        max_targets: AtLeastOne | None = None,
+        sample_size: Annotated[int, Field(ge=10)] = 10_000,
+        positive_fraction: Share = 0.1,
+        keep_fraction: Share = 0.1,
         encoder: str = "packaged:minilm-l6-v2",
         embed_batch_size: int = 64,
-        validation_fraction: float = 0.1,
+        validation_fraction: Annotated[float, Field(ge=0, lt=0.5)] = 0.1,
         seed: int = 0,
         lr: float = 0.03,
         dim: int = 128,
@@ -198,7 +191,6 @@ class Betr(GlobalStage):
             seed=seed,
             max_chars=max_chars,
         )
-        _check(self.params)
         self.hyper = dict(lr=lr, dim=dim, ws=ws, minCount=min_count, epoch=epoch, wordNgrams=word_ngrams, bucket=bucket)
 
     @classmethod

@@ -14,9 +14,9 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
-from operators.base import Operator, mark_removed, register
+from operators.base import AtLeastOne, Operator, Probability, check_params, mark_removed, register
 from operators.models import text_heads
 from operators.percentile import band_stage
 from storage.schema import with_column
@@ -243,29 +243,16 @@ def train_classifier(
 
 
 # ---------------------------------------------------------------- the operator
-def _check(
-    kind: str,
-    model: str,
-    threshold: float | None,
-    top_fraction: float | None,
-    batch_size: int,
-    max_chars: int | None = SCORE_CHARS,
-) -> None:
-    if kind not in ("fasttext", "embedding"):
-        raise ValueError(f"quality_classifier: kind must be 'fasttext' or 'embedding', got {kind!r}")
-    if threshold is not None and top_fraction is not None:
-        raise ValueError("quality_classifier: at most one of `threshold` and `top_fraction` may be set")
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"quality_classifier: threshold must be in [0, 1], got {threshold}")
-    if top_fraction is not None and not 0.0 < top_fraction < 1.0:
-        raise ValueError(f"quality_classifier: top_fraction must be in (0, 1), got {top_fraction}")
-    if batch_size < 1:
-        raise ValueError(f"quality_classifier: batch_size must be >= 1, got {batch_size}")
-    if max_chars is not None and max_chars < 1:
-        raise ValueError(f"quality_classifier: max_chars must be >= 1 or null, got {max_chars}")
+def _model_file(model: str) -> str:
     if not Path(model).expanduser().is_file():
         hint = "sluice train-classifier --positive FILES --negative FILES -o " + model
-        raise ValueError(f"quality_classifier: model file {model!r} does not exist; train one with `{hint}`")
+        raise ValueError(f"model file {model!r} does not exist; train one with `{hint}`")
+    return model
+
+
+def _one_selection(threshold: float | None, top_fraction: float | None) -> None:
+    if threshold is not None and top_fraction is not None:
+        raise ValueError("quality_classifier: at most one of `threshold` and `top_fraction` may be set")
 
 
 @register("quality_classifier")
@@ -305,17 +292,17 @@ class QualityClassifier(Operator):
         self,
         *,
         kind: Literal["fasttext", "embedding"] = "fasttext",
-        model: str,
+        model: Annotated[str, AfterValidator(_model_file)],
         label: str = HQ,
         encoder: str | None = None,
-        threshold: float | None = None,
-        top_fraction: float | None = None,
-        batch_size: int = 64,
-        max_chars: Annotated[int | None, Field(ge=1)] = SCORE_CHARS,
+        threshold: Probability | None = None,
+        top_fraction: Annotated[float, Field(gt=0, lt=1)] | None = None,
+        batch_size: AtLeastOne = 64,
+        max_chars: AtLeastOne | None = SCORE_CHARS,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        _check(kind, model, threshold, top_fraction, batch_size, max_chars)
+        _one_selection(threshold, top_fraction)
         if top_fraction is not None:
             raise ValueError(
                 "quality_classifier: `top_fraction` is applied by a percentile_filter stage that recipes add "
@@ -343,15 +330,9 @@ class QualityClassifier(Operator):
     def validate_params(cls, **params: Any) -> None:
         from operators.models import check_spec
 
+        check_params(cls, params)
         kind, model = params.get("kind", "fasttext"), params.get("model", "")
-        _check(
-            kind,
-            model,
-            params.get("threshold"),
-            params.get("top_fraction"),
-            params.get("batch_size", 64),
-            params.get("max_chars", SCORE_CHARS),
-        )
+        _one_selection(params.get("threshold"), params.get("top_fraction"))
         if kind == "embedding":
             check_spec(params.get("encoder") or load_head(Path(model).expanduser())["encoder"])
 

@@ -11,27 +11,31 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Annotated
 
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
-from operators.base import Filter, Operator, mark_removed, register
+from operators.base import (
+    NOT_BOOL,
+    AtLeastOne,
+    Filter,
+    NonNegative,
+    NonNegativeInt,
+    Operator,
+    Probability,
+    mark_removed,
+    register,
+)
 from operators.words import PUNCTUATION_CHARS, TERMINAL_PUNCTUATION, count_sentences, split_words
 from storage.schema import with_column
 
 STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
 
 
-def _check_range(op: str, name: str, value: float | None, lo: float, hi: float | None = None) -> None:
-    """Raise a ValueError naming ``op``'s parameter ``name`` unless ``value`` is None or in [lo, hi]."""
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < lo or (hi is not None and value > hi):
-        allowed = f"a number in [{lo}, {hi}]" if hi is not None else f"a number >= {lo}"
-        raise ValueError(f"{op}: {name}={value!r} is not allowed; expected {allowed}, or None to switch the rule off")
-
-
 def _check_order(op: str, lo_name: str, lo: float | None, hi_name: str, hi: float | None) -> None:
+    """A relation between two parameters (each one's own range is on its annotation)."""
     if lo is not None and hi is not None and lo > hi:
         raise ValueError(
             f"{op}: {lo_name}={lo!r} is greater than {hi_name}={hi!r}; the minimum must not exceed the maximum"
@@ -67,36 +71,22 @@ class GopherQuality(Filter):
     def __init__(
         self,
         *,
-        min_doc_words: int | None = 50,
-        max_doc_words: int | None = 100_000,
-        min_avg_word_length: float | None = 3,
-        max_avg_word_length: float | None = 10,
-        max_symbol_word_ratio: float | None = 0.1,
-        max_bullet_lines_ratio: float | None = 0.9,
-        max_ellipsis_lines_ratio: float | None = 0.3,
-        min_alpha_words_ratio: float | None = 0.8,
-        min_stop_words: int | None = 2,
+        min_doc_words: NonNegativeInt | None = 50,
+        max_doc_words: NonNegativeInt | None = 100_000,
+        min_avg_word_length: NonNegative | None = 3,
+        max_avg_word_length: NonNegative | None = 10,
+        max_symbol_word_ratio: NonNegative | None = 0.1,
+        max_bullet_lines_ratio: Probability | None = 0.9,
+        max_ellipsis_lines_ratio: Probability | None = 0.3,
+        min_alpha_words_ratio: Probability | None = 0.8,
+        min_stop_words: NonNegativeInt | None = 2,
         stop_words: list[str] | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         op = "gopher_quality"
-        for name, value in (("min_doc_words", min_doc_words), ("max_doc_words", max_doc_words)):
-            _check_range(op, name, value, 0)
         _check_order(op, "min_doc_words", min_doc_words, "max_doc_words", max_doc_words)
-        _check_range(op, "min_avg_word_length", min_avg_word_length, 0)
-        _check_range(op, "max_avg_word_length", max_avg_word_length, 0)
         _check_order(op, "min_avg_word_length", min_avg_word_length, "max_avg_word_length", max_avg_word_length)
-        _check_range(op, "max_symbol_word_ratio", max_symbol_word_ratio, 0)
-        for name, value in (
-            ("max_bullet_lines_ratio", max_bullet_lines_ratio),
-            ("max_ellipsis_lines_ratio", max_ellipsis_lines_ratio),
-            ("min_alpha_words_ratio", min_alpha_words_ratio),
-        ):
-            _check_range(op, name, value, 0, 1)
-        _check_range(op, "min_stop_words", min_stop_words, 0)
-        if stop_words is not None and (isinstance(stop_words, str) or not all(isinstance(w, str) for w in stop_words)):
-            raise ValueError(f"{op}: stop_words={stop_words!r} is not allowed; expected a list of strings")
         self.min_doc_words = min_doc_words
         self.max_doc_words = max_doc_words
         self.min_avg_word_length = min_avg_word_length
@@ -245,18 +235,10 @@ def _isin(values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     return mask
 
 
-def _parse_ngram_thresholds(op: str, name: str, value: Sequence[Sequence[float]]) -> tuple[tuple[int, float], ...]:
-    out = []
-    for item in value:
-        ok = isinstance(item, (list, tuple)) and len(item) == 2
-        n, frac = item if ok else (None, None)
-        if not ok or isinstance(n, bool) or not isinstance(n, int) or n < 1 or not isinstance(frac, (int, float)):
-            raise ValueError(
-                f"{op}: {name}={value!r} is not allowed; expected pairs [n, max_fraction] with an integer n >= 1"
-            )
-        _check_range(op, f"{name} fraction for n={n}", frac, 0, 1)
-        out.append((n, float(frac)))
-    return tuple(out)
+#: an integer >= 0, or -1 to switch a C4 rule off
+IntOrOff = Annotated[int, NOT_BOOL, Field(ge=-1)]
+#: ``[n, max_fraction]`` pairs: word n-gram length n >= 1 and a fraction in [0, 1]
+NGramFractions = tuple[tuple[AtLeastOne, Probability], ...]
 
 
 @register("gopher_repetition")
@@ -279,29 +261,21 @@ class GopherRepetition(Filter):
     def __init__(
         self,
         *,
-        dup_line_frac: float | None = 0.3,
-        dup_para_frac: float | None = 0.3,
-        dup_line_char_frac: float | None = 0.2,
-        dup_para_char_frac: float | None = 0.2,
-        top_n_grams: tuple[tuple[int, float], ...] = _TOP_N_GRAMS,
-        dup_n_grams: tuple[tuple[int, float], ...] = _DUP_N_GRAMS,
+        dup_line_frac: Probability | None = 0.3,
+        dup_para_frac: Probability | None = 0.3,
+        dup_line_char_frac: Probability | None = 0.2,
+        dup_para_char_frac: Probability | None = 0.2,
+        top_n_grams: NGramFractions = _TOP_N_GRAMS,
+        dup_n_grams: NGramFractions = _DUP_N_GRAMS,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        op = "gopher_repetition"
-        for name, value in (
-            ("dup_line_frac", dup_line_frac),
-            ("dup_para_frac", dup_para_frac),
-            ("dup_line_char_frac", dup_line_char_frac),
-            ("dup_para_char_frac", dup_para_char_frac),
-        ):
-            _check_range(op, name, value, 0, 1)
         self.dup_line_frac = dup_line_frac
         self.dup_para_frac = dup_para_frac
         self.dup_line_char_frac = dup_line_char_frac
         self.dup_para_char_frac = dup_para_char_frac
-        self.top_n_grams = _parse_ngram_thresholds(op, "top_n_grams", top_n_grams)
-        self.dup_n_grams = _parse_ngram_thresholds(op, "dup_n_grams", dup_n_grams)
+        self.top_n_grams = tuple((int(n), float(f)) for n, f in top_n_grams)
+        self.dup_n_grams = tuple((int(n), float(f)) for n, f in dup_n_grams)
 
     def check(self, text: str) -> str | None:
         if not text:
@@ -374,9 +348,9 @@ class C4Quality(Operator):
         *,
         remove_citations: bool = True,
         filter_no_terminal_punct: bool = True,
-        min_num_sentences: int = 5,
-        min_words_per_line: int = 3,
-        max_word_length: int = 1000,
+        min_num_sentences: IntOrOff = 5,
+        min_words_per_line: IntOrOff = 3,
+        max_word_length: IntOrOff = 1000,
         filter_lorem_ipsum: bool = True,
         filter_javascript: bool = True,
         filter_curly_bracket: bool = True,
@@ -384,15 +358,6 @@ class C4Quality(Operator):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        for name, value in (
-            ("min_num_sentences", min_num_sentences),
-            ("min_words_per_line", min_words_per_line),
-            ("max_word_length", max_word_length),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < -1:
-                raise ValueError(
-                    f"c4: {name}={value!r} is not allowed; expected an integer >= 0, or -1 to switch it off"
-                )
         self.remove_citations = remove_citations
         self.filter_no_terminal_punct = filter_no_terminal_punct
         self.min_num_sentences = min_num_sentences
@@ -476,29 +441,16 @@ class FineWebQuality(Filter):
     def __init__(
         self,
         *,
-        line_punct_thr: float = 0.12,
+        line_punct_thr: Probability = 0.12,
         line_punct_exclude_zero: bool = False,
-        stop_chars: list[str] | None = None,
-        short_line_thr: float = 0.67,
-        short_line_length: int = 30,
-        char_duplicates_ratio: float = 0.01,
-        new_line_ratio: float = 0.3,
+        stop_chars: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None = None,
+        short_line_thr: Probability = 0.67,
+        short_line_length: NonNegativeInt = 30,
+        char_duplicates_ratio: Probability = 0.01,
+        new_line_ratio: NonNegative = 0.3,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        op = "fineweb_quality"
-        for name, value in (
-            ("line_punct_thr", line_punct_thr),
-            ("short_line_thr", short_line_thr),
-            ("char_duplicates_ratio", char_duplicates_ratio),
-        ):
-            _check_range(op, name, value, 0, 1)
-        _check_range(op, "new_line_ratio", new_line_ratio, 0)
-        _check_range(op, "short_line_length", short_line_length, 0)
-        if stop_chars is not None and (
-            isinstance(stop_chars, str) or not stop_chars or not all(isinstance(c, str) and c for c in stop_chars)
-        ):
-            raise ValueError(f"{op}: stop_chars={stop_chars!r} is not allowed; expected a non-empty list of strings")
         self.line_punct_thr = line_punct_thr
         self.line_punct_exclude_zero = line_punct_exclude_zero
         self.stop_chars = tuple(TERMINAL_PUNCTUATION if stop_chars is None else stop_chars)
@@ -543,23 +495,13 @@ class Length(Filter):
     def __init__(
         self,
         *,
-        min_chars: int | None = 1,
-        max_chars: int | None = None,
-        min_words: int | None = None,
-        max_words: int | None = None,
+        min_chars: NonNegativeInt | None = 1,
+        max_chars: NonNegativeInt | None = None,
+        min_words: NonNegativeInt | None = None,
+        max_words: NonNegativeInt | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        for name, value in (
-            ("min_chars", min_chars),
-            ("max_chars", max_chars),
-            ("min_words", min_words),
-            ("max_words", max_words),
-        ):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise ValueError(
-                    f"length: {name}={value!r} is not allowed; expected an integer >= 0, or None for no bound"
-                )
         _check_order("length", "min_chars", min_chars, "max_chars", max_chars)
         _check_order("length", "min_words", min_words, "max_words", max_words)
         self.min_chars = min_chars

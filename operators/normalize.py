@@ -7,6 +7,7 @@ import unicodedata
 
 import numpy as np
 import pyarrow as pa
+from pydantic import StrictBool
 
 from operators.base import Operator, mark_removed, register
 from storage.schema import with_column
@@ -43,27 +44,16 @@ class Normalize(Operator):
     def __init__(
         self,
         *,
-        nfc: bool = True,
-        normalize_newlines: bool = True,
-        remove_control: bool = True,
-        strip_lines: bool = True,
-        collapse_spaces: bool = True,
-        collapse_blank_lines: bool = True,
-        strip: bool = True,
+        nfc: StrictBool = True,
+        normalize_newlines: StrictBool = True,
+        remove_control: StrictBool = True,
+        strip_lines: StrictBool = True,
+        collapse_spaces: StrictBool = True,
+        collapse_blank_lines: StrictBool = True,
+        strip: StrictBool = True,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        for name, value in (
-            ("nfc", nfc),
-            ("normalize_newlines", normalize_newlines),
-            ("remove_control", remove_control),
-            ("strip_lines", strip_lines),
-            ("collapse_spaces", collapse_spaces),
-            ("collapse_blank_lines", collapse_blank_lines),
-            ("strip", strip),
-        ):
-            if not isinstance(value, bool):
-                raise ValueError(f"normalize: {name}={value!r} is not allowed; expected true or false")
         self.nfc = nfc
         self.normalize_newlines = normalize_newlines
         self.remove_control = remove_control

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import AfterValidator
 
 from operators.base import GlobalStage, Prepared, StageContext, mark_removed, register
 from storage.schema import SCORE_FIELDS
@@ -40,6 +41,16 @@ def _numeric(column: str) -> bool:
     return t is not None and (pa.types.is_floating(t) or pa.types.is_integer(t))
 
 
+def _band(v: tuple[float, float]) -> tuple[float, float]:
+    if not (0.0 <= v[0] < v[1] <= 100.0):
+        raise ValueError(f"a percentile band must satisfy 0 <= low < high <= 100, got [{v[0]:g}, {v[1]:g}]")
+    return v
+
+
+#: ``[low, high]`` percentiles, 0 <= low < high <= 100
+PercentileBand = Annotated[tuple[float, float], AfterValidator(_band)]
+
+
 @register("percentile_filter")
 class PercentileFilter(GlobalStage):
     """Keep rows whose ``column`` lies inside a percentile band of its whole-dataset distribution.
@@ -65,7 +76,7 @@ class PercentileFilter(GlobalStage):
         self,
         *,
         column: str,
-        band: tuple[float, float],
+        band: PercentileBand,
         per_domain: bool = False,
         reason_prefix: str | None = None,
         **kwargs: Any,
@@ -77,8 +88,6 @@ class PercentileFilter(GlobalStage):
                 f"percentile_filter: column {column!r} is not a numeric score column; use one of {numeric}"
             )
         lo, hi = (float(b) for b in band)
-        if not (0.0 <= lo < hi <= 100.0):
-            raise ValueError(f"percentile band must satisfy 0 <= low < high <= 100, got [{lo:g}, {hi:g}]")
         self.column = column
         self.band = (lo, hi)
         self.per_domain = per_domain

@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict
 
-from operators.base import Operator, mark_removed, register
+from operators.base import AtLeastOne, Operator, Positive, check_params, mark_removed, register
 from operators.models import text_heads
-from operators.percentile import band_stage
+from operators.percentile import PercentileBand, band_stage
 from storage.schema import with_column
 
 logger = logging.getLogger(__name__)
@@ -29,25 +29,12 @@ class KeepBand(BaseModel):
     """``keep: {percentile_band: [low, high], per_domain: false}``: keep rows between two percentiles."""
 
     model_config = ConfigDict(extra="forbid")
-    percentile_band: tuple[float, float]
+    percentile_band: PercentileBand
     per_domain: bool = False
 
-    @field_validator("percentile_band")
-    @classmethod
-    def _band_ok(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not (0.0 <= v[0] < v[1] <= 100.0):
-            raise ValueError(f"percentile_band must satisfy 0 <= low < high <= 100, got [{v[0]:g}, {v[1]:g}]")
-        return v
 
-
-def _check(max_tokens: int, batch_size: int, max_ppl: float | None, min_ppl: float | None) -> None:
-    if max_tokens < 1:
-        raise ValueError(f"perplexity: max_tokens must be >= 1, got {max_tokens}")
-    if batch_size < 1:
-        raise ValueError(f"perplexity: batch_size must be >= 1, got {batch_size}")
-    for name, v in (("max_ppl", max_ppl), ("min_ppl", min_ppl)):
-        if v is not None and not v > 0:
-            raise ValueError(f"perplexity: {name} must be > 0, got {v}")
+def _check_order(max_ppl: float | None, min_ppl: float | None) -> None:
+    """A relation between two parameters (each one's own range is on its annotation)."""
     if max_ppl is not None and min_ppl is not None and min_ppl >= max_ppl:
         raise ValueError(f"perplexity: min_ppl ({min_ppl}) must be below max_ppl ({max_ppl})")
 
@@ -93,16 +80,16 @@ class Perplexity(Operator):
         self,
         *,
         model: str = "packaged:smollm2-135m",
-        max_tokens: int = 1024,
-        batch_size: int = 16,
+        max_tokens: AtLeastOne = 1024,
+        batch_size: AtLeastOne = 16,
         bos: str | None = "auto",
-        max_ppl: float | None = None,
-        min_ppl: float | None = None,
+        max_ppl: Positive | None = None,
+        min_ppl: Positive | None = None,
         keep: KeepBand | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        _check(max_tokens, batch_size, max_ppl, min_ppl)
+        _check_order(max_ppl, min_ppl)
         if keep is not None:
             raise ValueError(
                 "perplexity: `keep` is applied by a percentile_filter stage that recipes add automatically "
@@ -143,9 +130,8 @@ class Perplexity(Operator):
     def validate_params(cls, **params: Any) -> None:
         from operators.models import check_spec
 
-        _check(
-            params.get("max_tokens", 1024), params.get("batch_size", 16), params.get("max_ppl"), params.get("min_ppl")
-        )
+        check_params(cls, params)
+        _check_order(params.get("max_ppl"), params.get("min_ppl"))
         check_spec(params.get("model", "packaged:smollm2-135m"))
 
     @classmethod

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
-from operators.base import Operator, register
+from operators.base import NOT_BOOL, Operator, register
 from storage.run import HOLDOUT, TRAIN
 from storage.schema import unit_hash, with_column
+
+#: a share of a domain held out: in [0, 1)
+HoldoutFraction = Annotated[float, NOT_BOOL, Field(ge=0, lt=1)]
 
 
 @register("split")
@@ -31,19 +35,13 @@ class Split(Operator):
     def __init__(
         self,
         *,
-        holdout_fraction: float | dict[str, float] = 0.01,
-        default_fraction: float = 0.01,
+        holdout_fraction: HoldoutFraction | dict[str, HoldoutFraction] = 0.01,
+        default_fraction: HoldoutFraction = 0.01,
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         fracs = dict(holdout_fraction) if isinstance(holdout_fraction, dict) else {}
-        checks = {**fracs, "default_fraction": default_fraction}
-        if not fracs:
-            checks["holdout_fraction"] = holdout_fraction
-        for name, f in checks.items():
-            if not 0.0 <= f < 1.0:
-                raise ValueError(f"split: fraction for {name!r} must be in [0, 1), got {f}")
         self.fractions = fracs
         self.default = default_fraction if isinstance(holdout_fraction, dict) else holdout_fraction
         self.seed = seed

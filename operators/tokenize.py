@@ -5,14 +5,13 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import Field
 
-from operators.base import Operator, mark_removed, register
+from operators.base import AtLeastOne, Operator, check_params, mark_removed, register
 from storage.schema import score_field, with_column
 
 logger = logging.getLogger(__name__)
@@ -83,14 +82,6 @@ def exact_cuts(tok) -> bool:
     return True
 
 
-def _check(max_tokens: int | None, max_chars: int | None, chunk_chars: int) -> None:
-    for name, v in (("max_tokens", max_tokens), ("max_chars", max_chars)):
-        if v is not None and v < 1:
-            raise ValueError(f"tokenize: {name} must be >= 1 or null, got {v}")
-    if chunk_chars < 1:
-        raise ValueError(f"tokenize: chunk_chars must be >= 1, got {chunk_chars}")
-
-
 @register("tokenize")
 class Tokenize(Operator):
     """Write ``tokens`` (list<int32>, EOS appended) and ``n_tokens`` with a Hugging Face fast tokenizer.
@@ -130,13 +121,12 @@ class Tokenize(Operator):
         *,
         tokenizer: str = "packaged:smollm2-135m",
         add_eos: bool = True,
-        max_tokens: int | None = None,
-        max_chars: Annotated[int | None, Field(ge=1)] = 10_000_000,
-        chunk_chars: Annotated[int, Field(ge=1)] = 100_000,
+        max_tokens: AtLeastOne | None = None,
+        max_chars: AtLeastOne | None = 10_000_000,
+        chunk_chars: AtLeastOne = 100_000,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        _check(max_tokens, max_chars, chunk_chars)
         from operators.models import load_tokenizer
 
         self.spec = tokenizer
@@ -160,8 +150,8 @@ class Tokenize(Operator):
     def validate_params(cls, **params: Any) -> None:
         from operators.models import check_spec
 
+        check_params(cls, params)
         check_spec(params.get("tokenizer", "packaged:smollm2-135m"))
-        _check(params.get("max_tokens"), params.get("max_chars", 10_000_000), params.get("chunk_chars", 100_000))
 
     def encode(self, texts: list[str]) -> list[np.ndarray]:
         """Token ids (int32, no EOS, at most ``max_tokens``) of each text, ``chunk_chars`` characters a call."""

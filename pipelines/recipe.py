@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from operators import load_all
-from operators.base import REGISTRY, params_model
+from operators.base import REGISTRY, params_model, problems
 from storage.fs import list_input
 from storage.run import check_name
 
@@ -160,7 +160,7 @@ def _where(loc: tuple, lines: dict[tuple, int]) -> str:
 
 def _format(err: ValidationError, prefix: tuple, lines: dict[tuple, int]) -> list[str]:
     msgs = []
-    for e in err.errors():
+    for e in problems(err):
         loc = (*prefix, *e["loc"])
         msg = e["msg"]
         if e["type"] == "extra_forbidden":

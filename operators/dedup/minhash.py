@@ -9,13 +9,24 @@ import os
 import re
 import tempfile
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import Field
 
-from operators.base import GlobalStage, Prepared, StageContext, mark_removed, register
+from operators.base import (
+    NOT_BOOL,
+    AtLeastOne,
+    GlobalStage,
+    Prepared,
+    Probability,
+    Share,
+    StageContext,
+    mark_removed,
+    register,
+)
 from operators.dedup.components import cluster_table, connected_components, distinct_edges, edge_nodes, size_histogram
 from operators.dedup.lsh_plan import MinHashConfig, optimal_bands_rows
 from operators.dedup.ray_steps import StepConfig, candidate_pairs, name_candidates, verify_pairs
@@ -106,15 +117,15 @@ class MinHashDedup(GlobalStage):
     def __init__(
         self,
         *,
-        threshold: float = 0.8,
-        ngram: int = 5,
-        char_ngram: int | None = None,
-        num_perm: int = 128,
-        bands: int | None = None,
-        rows: int | None = None,
-        fn_weight: float | None = None,
+        threshold: Share = 0.8,
+        ngram: AtLeastOne = 5,
+        char_ngram: AtLeastOne | None = None,
+        num_perm: Annotated[int, NOT_BOOL, Field(ge=2, le=1024)] = 128,
+        bands: AtLeastOne | None = None,
+        rows: AtLeastOne | None = None,
+        fn_weight: Probability | None = None,
         verify: bool = True,
-        survivor: str = "lowest_id",
+        survivor: Annotated[str, Field(pattern=_SURVIVOR.pattern)] = "lowest_id",
         seed: int = 1,
         hash: Literal["xxh3", "sha1"] = "xxh3",
         scheme: Literal["affine32", "legacy"] = "affine32",
@@ -122,27 +133,9 @@ class MinHashDedup(GlobalStage):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not 0.0 < threshold <= 1.0:
-            raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-        if ngram < 1:
-            raise ValueError(f"ngram must be >= 1, got {ngram}")
-        if char_ngram is not None and char_ngram < 1:
-            raise ValueError(f"char_ngram must be >= 1 or null, got {char_ngram}")
-        if not 2 <= num_perm <= 1024:
-            raise ValueError(f"num_perm must be in [2, 1024], got {num_perm}")
-        if (bands is None) != (rows is None):
+        if (bands is None) != (rows is None):  # a relation between two parameters; ranges are on the annotations
             raise ValueError(f"give both bands and rows or neither, got bands={bands}, rows={rows}")
-        if fn_weight is not None and not 0.0 <= fn_weight <= 1.0:
-            raise ValueError(f"fn_weight must be in [0, 1], got {fn_weight}")
-        if not _SURVIVOR.match(survivor):
-            raise ValueError(f"survivor must be 'lowest_id' or 'highest:<column>', got {survivor!r}")
-        if hash not in ("xxh3", "sha1"):
-            raise ValueError(f"hash must be 'xxh3' or 'sha1', got {hash!r}")
-        if shuffle not in ("sort", "ray_default"):
-            raise ValueError(f"shuffle must be 'sort' or 'ray_default', got {shuffle!r}")
         self.shuffle = shuffle
-        if scheme not in ("affine32", "legacy"):
-            raise ValueError(f"scheme must be 'affine32' or 'legacy', got {scheme!r}")
         self.threshold = float(threshold)
         self.verify = bool(verify)
         self.fn_weight = float(fn_weight) if fn_weight is not None else (0.9 if verify else 0.5)

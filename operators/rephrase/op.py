@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from operators.base import Operator, mark_removed, register
+from operators.base import NOT_BOOL, AtLeastOne, NonNegative, Operator, Share, check_params, mark_removed, register
 from operators.rephrase.backends import (
     Endpoint,
     OpenAIBackend,
@@ -98,38 +98,25 @@ class Rephrase(Operator):
         model: str = "packaged:smollm2-135m",
         endpoint: Endpoint | None = None,
         tokenizer: str | None = None,
-        chunk_tokens: int = 300,
-        temperature: float = 0.5,
-        top_p: float = 0.9,
-        max_new_tokens: int = 512,
+        chunk_tokens: Annotated[int, NOT_BOOL, Field(ge=16)] = 300,
+        temperature: NonNegative = 0.5,
+        top_p: Share = 0.9,
+        max_new_tokens: AtLeastOne = 512,
         seed: int = 0,
-        max_output_tokens: int | None = None,
+        max_output_tokens: AtLeastOne | None = None,
         allow_truncated: bool = False,
         keep_original: bool = True,
         domain_template: str = "{domain}.{style}",
-        sample_fraction: float = 1.0,
-        max_chunks: int | None = None,
-        max_chars: Annotated[int | None, Field(ge=1)] = 1_000_000,
-        batch_size: int = 8,
+        sample_fraction: Share = 1.0,
+        max_chunks: AtLeastOne | None = None,
+        max_chars: AtLeastOne | None = 1_000_000,
+        batch_size: AtLeastOne = 8,
         engine_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.styles, self.templates, self.endpoint = _check(
-            styles=styles,
-            templates=templates,
-            backend=backend,
-            endpoint=endpoint,
-            chunk_tokens=chunk_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            max_new_tokens=max_new_tokens,
-            max_output_tokens=max_output_tokens,
-            domain_template=domain_template,
-            sample_fraction=sample_fraction,
-            max_chunks=max_chunks,
-            max_chars=max_chars,
-            batch_size=batch_size,
+        self.styles, self.templates, self.endpoint = _resolve(
+            styles=styles, templates=templates, backend=backend, endpoint=endpoint, domain_template=domain_template
         )
         self.seed = seed
         self.sample_fraction = sample_fraction
@@ -160,9 +147,10 @@ class Rephrase(Operator):
     def validate_params(cls, **params: Any) -> None:
         from operators.models import check_spec
 
+        check_params(cls, params)
         init = inspect.signature(cls.__init__).parameters
         settings = {p.name: p.default for p in init.values() if p.kind is p.KEYWORD_ONLY} | params
-        _check(**{k: settings[k] for k in inspect.signature(_check).parameters})
+        _resolve(**{k: settings[k] for k in inspect.signature(_resolve).parameters})
         backend = params.get("backend", "transformers")
         if backend == "vllm" and vllm_missing():
             raise ValueError(vllm_missing())
@@ -289,24 +277,16 @@ def _field_type(name: str) -> pa.DataType:
     return score_field(name).type
 
 
-def _check(
+def _resolve(
     *,
     styles: list[str] | None,
     templates: dict[str, Any] | None,
     backend: str,
     endpoint: Endpoint | dict | None,
-    chunk_tokens: int,
-    temperature: float,
-    top_p: float,
-    max_new_tokens: int,
-    max_output_tokens: int | None,
     domain_template: str,
-    sample_fraction: float,
-    max_chunks: int | None,
-    batch_size: int,
-    max_chars: int | None = None,
 ) -> tuple[list[str], dict[str, Template], Endpoint | None]:
-    """Validate the settings; return (styles, every known template, endpoint)."""
+    """Check how the settings fit together (ranges are on the annotations); return (styles, every
+    known template, endpoint)."""
     user = {k: v if isinstance(v, Template) else Template.model_validate(v) for k, v in (templates or {}).items()}
     for name in user:
         if not STYLE_RE.match(name):
@@ -323,25 +303,6 @@ def _check(
     if backend != "openai" and endpoint is not None:
         raise ValueError(f"rephrase: `endpoint` is only for backend 'openai', not {backend!r}")
     ep = None if endpoint is None else endpoint if isinstance(endpoint, Endpoint) else Endpoint.model_validate(endpoint)
-    for name, v, lo in (
-        ("chunk_tokens", chunk_tokens, 16),
-        ("max_new_tokens", max_new_tokens, 1),
-        ("batch_size", batch_size, 1),
-    ):
-        if v < lo:
-            raise ValueError(f"rephrase: {name} must be >= {lo}, got {v}")
-    if not temperature >= 0:
-        raise ValueError(f"rephrase: temperature must be >= 0, got {temperature}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"rephrase: top_p must be in (0, 1], got {top_p}")
-    if not 0 < sample_fraction <= 1:
-        raise ValueError(f"rephrase: sample_fraction must be in (0, 1], got {sample_fraction}")
-    if max_chunks is not None and max_chunks < 1:
-        raise ValueError(f"rephrase: max_chunks must be >= 1, got {max_chunks}")
-    if max_chars is not None and max_chars < 1:
-        raise ValueError(f"rephrase: max_chars must be >= 1, got {max_chars}")
-    if max_output_tokens is not None and max_output_tokens < 1:
-        raise ValueError(f"rephrase: max_output_tokens must be >= 1, got {max_output_tokens}")
     try:
         domain_template.format(domain="web", style=styles[0])
     except (KeyError, IndexError, ValueError) as e:

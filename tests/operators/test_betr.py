@@ -34,9 +34,9 @@ def test_hash_order_is_a_pure_function_of_seed_and_id():
 def test_validate_params(tmp_path):
     t = write_jsonl(tmp_path / "t.jsonl", [{"question": "q", "answer": "a"}])
     assert load_targets(str(t)) == ["q a"]
-    with pytest.raises(ValueError, match=r"targets file 'nope\.jsonl' does not exist"):
+    with pytest.raises(ValueError, match=r"targets: Value error, file 'nope\.jsonl' does not exist"):
         Betr.validate_params(stage="b", targets="nope.jsonl")
-    with pytest.raises(ValueError, match=r"keep_fraction must be in \(0, 1\], got 0"):
+    with pytest.raises(ValueError, match=r"keep_fraction: Input should be greater than 0, got 0"):
         Betr.validate_params(stage="b", targets=str(t), keep_fraction=0)
     with pytest.raises(ValueError, match=r"offline.*packaged:minilm-l6-v2"):
         Betr.validate_params(stage="b", targets=str(t), encoder="some-org/uncached-encoder")
@@ -114,5 +114,5 @@ def test_fasttext_scores_a_bounded_prefix_of_long_documents(tmp_path):
     assert seen == [500, 5]
     assert out.column("betr")[0].as_py() == pytest.approx(float(proba([huge[:500]], POS)[0]))
     assert out.column("text")[0].as_py() == huge
-    with pytest.raises(ValueError, match="max_chars must be >= 1 or null, got 0"):
+    with pytest.raises(ValueError, match=r"max_chars: Input should be greater than or equal to 1, got 0"):
         Betr.validate_params(stage="b", targets=str(t), max_chars=0)

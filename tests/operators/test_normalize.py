@@ -83,7 +83,7 @@ def test_unchanged_batch_passes_through():
 
 
 def test_parameter_validation():
-    with pytest.raises(ValueError, match=r"nfc=.*true or false"):
+    with pytest.raises(ValueError, match=r"nfc: Input should be a valid boolean"):
         Normalize(stage="n", nfc="yes")
 
 

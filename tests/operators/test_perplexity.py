@@ -92,7 +92,7 @@ def test_validate_params_names_the_packaged_alternatives(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelError, match=r"packaged:smollm2-135m, packaged:minilm-l6-v2"):
         Perplexity.validate_params(stage="p", model="some-org/uncached-lm")
-    with pytest.raises(ValueError, match="max_tokens must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"max_tokens: Input should be greater than or equal to 1, got 0"):
         Perplexity.validate_params(stage="p", max_tokens=0)
     with pytest.raises(ValueError, match=r"min_ppl \(50\) must be below max_ppl \(10\)"):
         Perplexity.validate_params(stage="p", max_ppl=10, min_ppl=50)
@@ -100,7 +100,7 @@ def test_validate_params_names_the_packaged_alternatives(tmp_path, monkeypatch):
     head = f'inputs: [{{path: "{tmp_path}/in.jsonl", domain: web}}]\nstages:\n'
     with pytest.raises(RecipeError, match=r"stages\[0\]\.op \(line 3\): .*offline.*packaged:smollm2-135m"):
         parse_recipe(head + "  - {op: perplexity, model: some-org/uncached-lm}\n")
-    with pytest.raises(RecipeError, match=r"line 3.*percentile_band must satisfy 0 <= low < high <= 100"):
+    with pytest.raises(RecipeError, match=r"percentile_band \(line 3\).*band must satisfy 0 <= low < high <= 100"):
         parse_recipe(head + "  - {op: perplexity, keep: {percentile_band: [70, 30]}}\n")
 
 

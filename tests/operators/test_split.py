@@ -21,5 +21,7 @@ def test_split_is_deterministic_and_near_the_fraction():
 
 
 def test_split_rejects_bad_fractions():
-    with pytest.raises(ValueError, match=r"fraction for 'holdout_fraction' must be in \[0, 1\), got 1.5"):
+    with pytest.raises(ValueError, match=r"holdout_fraction: Input should be less than 1, got 1.5"):
         Split(stage="split", holdout_fraction=1.5)
+    with pytest.raises(ValueError, match=r"holdout_fraction.b: Input should be greater than or equal to 0, got -0.1"):
+        Split(stage="split", holdout_fraction={"a": 0.1, "b": -0.1})

@@ -138,9 +138,9 @@ def test_a_multi_megabyte_document_goes_to_the_tokenizer_a_chunk_at_a_time(tok):
 
 
 def test_new_limits_are_validated():
-    with pytest.raises(ValueError, match="max_chars must be >= 1 or null, got 0"):
+    with pytest.raises(ValueError, match=r"max_chars: Input should be greater than or equal to 1, got 0"):
         Tokenize.validate_params(stage="t", max_chars=0)
-    with pytest.raises(ValueError, match="chunk_chars must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"chunk_chars: Input should be greater than or equal to 1, got 0"):
         Tokenize(stage="t", chunk_chars=0)
     model = params_model(Tokenize)
     assert model.model_validate({}).model_dump()["max_chars"] == 10_000_000

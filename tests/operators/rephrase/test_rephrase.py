@@ -275,7 +275,7 @@ def test_documents_over_max_chars_are_left_as_they_are_untokenized():
     assert 0 < sum(n for call in op.tok.calls for n in call) <= len(FACTS[0])  # d0 never reached the tokenizer
     with pytest.raises(RecipeError, match="greater than or equal to 1"):
         parse_recipe("inputs: [{path: x, domain: web}]\nstages: [{op: rephrase, max_chars: 0}]", check_inputs=False)
-    with pytest.raises(ValueError, match="max_chars must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"max_chars: Input should be greater than or equal to 1, got 0"):
         Rephrase.validate_params(stage="r", max_chars=0)
 
 
@@ -287,8 +287,8 @@ def test_settings_fail_at_validation_with_useful_messages(tmp_path):
         "{op: rephrase, styles: [wiki, poetic]}": "unknown style 'poetic'; known styles: easy, hard, qa, wiki",
         "{op: rephrase, backend: openai}": "backend 'openai' needs `endpoint",
         "{op: rephrase, templates: {t: {prompt: no placeholder}}, styles: [t]}": "exactly once",
-        "{op: rephrase, top_p: 0}": "top_p must be in (0, 1]",
-        "{op: rephrase, sample_fraction: 1.5}": "sample_fraction must be in (0, 1]",
+        "{op: rephrase, top_p: 0}": "top_p (line 4): Input should be greater than 0",
+        "{op: rephrase, sample_fraction: 1.5}": "sample_fraction (line 4): Input should be less than or equal to 1",
         "{op: rephrase, domain_template: '{lang}.{style}'}": "may use only {domain} and {style}",
         "{op: rephrase, domain_template: '{domain}/{style}'}": "domain 'web/wiki' is not allowed",
         "{op: rephrase, endpoint: {base_url: 'http://x', model: m}}": "only for backend 'openai'",
