@@ -288,6 +288,17 @@ def served(
     }
 
 
+def latency_summary(times: list[float]) -> dict:
+    """Count, p50, p99 and max of call times in ms."""
+    times = sorted(times)
+    return {
+        "n": len(times),
+        "p50_ms": statistics.median(times),
+        "p99_ms": times[min(len(times) - 1, int(0.99 * len(times)))],
+        "max_ms": times[-1],
+    }
+
+
 def feedback_rtt(
     stream, n: int, world: int, deadline: float | None = None, step0: int = 0, global_batch: int = GLOBAL_BATCH
 ) -> dict:
@@ -323,13 +334,7 @@ def feedback_rtt(
         times.append((time.perf_counter() - t0) * 1e3)
         step += stream.rank == world - 1
     stream.rank = rank0
-    times.sort()
-    return {
-        "n": len(times),
-        "p50_ms": statistics.median(times),
-        "p99_ms": times[min(len(times) - 1, int(0.99 * len(times)))],
-        "max_ms": times[-1],
-    }
+    return latency_summary(times)
 
 
 def idle_rtt(root: Path, n: int) -> dict:
@@ -352,13 +357,7 @@ def idle_rtt(root: Path, n: int) -> dict:
             times.append((time.perf_counter() - t0) * 1e3)
     s.close()
     stop_server(proc)
-    times.sort()
-    return {
-        "n": len(times),
-        "p50_ms": statistics.median(times),
-        "p99_ms": times[min(len(times) - 1, int(0.99 * len(times)))],
-        "max_ms": times[-1],
-    }
+    return latency_summary(times)
 
 
 def server_side_feedback(root: Path, n: int) -> dict:

@@ -1,5 +1,5 @@
-"""Moved to :mod:`mixers.server.cli`; this path stays for ``pipelines.cli`` (``from mixers.cli import serve``)
-and ``python -m mixers.cli``."""
+"""Moved to :mod:`mixers.server.cli`; this path stays for ``from mixers.cli import serve`` and
+``python -m mixers.cli`` (benchmarks/bench_mixer.py runs the server that way)."""
 
 from mixers.server.cli import DEFAULTS, main, serve
 

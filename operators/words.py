@@ -150,7 +150,8 @@ def split_words(text: str) -> list[str]:
     """Split ``text`` into words and punctuation tokens, as datatrove's English ``split_into_words`` does.
 
     datatrove tokenizes with spaCy's blank English tokenizer; this is a regex that follows its rules
-    (contractions, abbreviations, URLs and host names, units, hyphen and period infixes) 20-40x faster. On
+    (contractions, abbreviations, URLs and host names, units, hyphen and period infixes), much faster
+    (BENCHMARKS.md). On
     English prose the token lists are identical for nearly all documents. Known differences, mostly in HTML,
     markdown and code: some symbol runs inside a chunk ("/></a", "100%|"), spaCy's re-merged emoticons beyond
     the common ones, units after a slash ("153M/352M") and spelled-out times ("5p.m."). Whitespace is never a

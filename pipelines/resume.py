@@ -132,13 +132,13 @@ def fingerprint(recipe: Recipe, upto: int, inputs: dict[str, list], files: list[
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def what_changed(recipe: Recipe, upto: int, done: dict[str, Any], inputs: dict, files: list) -> str:
-    """A short human description of why a checkpoint no longer matches."""
-    if done.get("recipe_fingerprint") not in (None, recipe.fingerprint(upto)):
+def what_changed(recipe: Recipe, upto: int, done: Any, inputs: dict, files: list) -> str:
+    """A short human description of why a checkpoint (a ``SegmentRecord``) no longer matches."""
+    if done.recipe_fingerprint not in (None, recipe.fingerprint(upto)):
         return "the recipe changed"
-    if done.get("sluice") not in (None, sluice_version()):
-        return f"Sluice changed ({done.get('sluice')} -> {sluice_version()})"
-    old = {k: list(v) for k, v in (done.get("inputs") or {}).items()}
+    if done.sluice not in (None, sluice_version()):
+        return f"Sluice changed ({done.sluice} -> {sluice_version()})"
+    old = {k: list(v) for k, v in (done.inputs or {}).items()}
     if old != inputs:
         added = sorted(set(inputs) - set(old))
         gone = sorted(set(old) - set(inputs))
@@ -148,6 +148,6 @@ def what_changed(recipe: Recipe, upto: int, done: dict[str, Any], inputs: dict, 
             if names:
                 parts.append(f"{label} input file(s): {', '.join(names[:3])}" + (" …" if len(names) > 3 else ""))
         return "; ".join(parts) or "the inputs changed"
-    if (done.get("stage_files") or [])[:upto] != files[:upto]:
+    if (done.stage_files or [])[:upto] != files[:upto]:
         return "a file a stage reads (model, list or eval set) changed"
     return "its fingerprint differs"

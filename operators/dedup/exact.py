@@ -18,7 +18,7 @@ def normalized_key(text: str) -> str:
     """The exact-dedup key: 128-bit BLAKE2b of NFC, lowercased, whitespace-collapsed text."""
     if not unicodedata.is_normalized("NFC", text):
         text = unicodedata.normalize("NFC", text)
-    norm = " ".join(text.lower().split())  # str.split() collapses Unicode whitespace like \s+, ~2x faster
+    norm = " ".join(text.lower().split())  # str.split() collapses Unicode whitespace like \s+, faster than re
     return hashlib.blake2b(norm.encode(), digest_size=16).hexdigest()
 
 

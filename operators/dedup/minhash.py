@@ -103,13 +103,12 @@ class MinHashDedup(GlobalStage):
         survivor: ``lowest_id`` or ``highest:<column>`` (a numeric column; nulls lose).
         seed: permutation seed, as datasketch's ``MinHash(seed=…)``.
         hash: shingle hash: ``xxh3`` (xxh3 word hashes combined in numpy) or ``sha1`` (datasketch's values,
-            for cross-checks; ~6x slower).
+            for cross-checks; slower, see BENCHMARKS.md).
         scheme: datasketch permutation scheme: ``affine32`` (datasketch 2.x default) or ``legacy``.
         shuffle: Ray Data shuffle for the two keyed shuffles: ``sort`` (the classic
             pull-based sort shuffle) or ``ray_default`` (the DataContext's strategy). On Ray
-            2.60 the default SHUFFLE_V2 starts dedicated worker processes for every shuffle,
-            measured at 5-15 s each however small the data; at 200k documents both took the
-            same time, so ``sort`` is the default.
+            2.60 the default SHUFFLE_V2 starts dedicated worker processes for every shuffle, a
+            fixed cost however small the data (BENCHMARKS.md), so ``sort`` is the default.
     """
 
     adds = ("dup_cluster", "dup_cluster_size")

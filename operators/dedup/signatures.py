@@ -18,16 +18,15 @@ Shingle hashes (32 bits, what the permutations act on):
 
 * ``sha1``: datasketch's ``sha1_hash32`` of the shingle's UTF-8 bytes, so signatures equal
   ``datasketch.MinHash(num_perm, seed, scheme=…).update_batch(shingles)`` bit for bit.
-  It costs one Python-level SHA1 per shingle (~2,800 docs/s per core, DESIGN.md §6).
+  It costs one Python-level SHA1 per shingle (see BENCHMARKS.md for what that caps).
 * ``xxh3`` (default): no per-shingle Python work. Each distinct word of a batch is hashed
   once, ``xxh3_64`` of its UTF-8 bytes (Arrow dictionary-encodes the words first); a
   character shingle's items are its code points through ``fmix64(c + M)``. A shingle of
   items h_1..h_k hashes to ``fmix64(h_1·M^(k-1) + … + h_k mod 2^64) >> 32``, where
   M = 0x9E3779B97F4A7C15 and fmix64 is MurmurHash3's 64-bit finalizer. Words are found
-  with a code-point lookup table in numpy (a regex split in pyarrow was 3x slower). Measured
-  on 2.5 KB documents (~400 shingles): ~65 µs per document against ~420 µs for ``sha1``
-  (one CPU, machine shared). A different, equally uniform 32-bit family, so its
-  signatures are not datasketch's values.
+  with a code-point lookup table in numpy (faster than a regex split in pyarrow; both costs
+  are in BENCHMARKS.md). A different, equally uniform 32-bit family, so its signatures are
+  not datasketch's values.
 
 Permutations are datasketch's: (a, b) drawn from ``np.random.RandomState(seed)`` exactly as
 ``MinHash._init_permutations`` draws them. ``affine32`` (datasketch ≥ 2.0's default):

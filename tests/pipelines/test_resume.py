@@ -4,6 +4,7 @@ import os
 
 from pipelines.recipe import Recipe
 from pipelines.resume import FileHashes, fingerprint, input_state, stage_files, what_changed
+from pipelines.segments import SegmentRecord
 from tests.conftest import prose, write_jsonl
 
 
@@ -29,14 +30,16 @@ def test_fingerprint_follows_input_files_and_the_files_a_stage_reads(tmp_path):
     (tmp_path / "tok" / "tokenizer.json").write_text('{"v": 2}')  # the tokenizer changes: only stage 2 depends on it
     files2 = stage_files(r, hashes)
     assert fingerprint(r, 1, inputs, files2) == fp1 and fingerprint(r, 2, inputs, files2) != fp2
-    done = {"recipe_fingerprint": r.fingerprint(2), "inputs": inputs, "stage_files": files}
+    done = SegmentRecord(final=False, segment=0, name="x", dir="d", stages=[], recipe_fingerprint=r.fingerprint(2))
+    done.inputs, done.stage_files = inputs, files
     assert what_changed(r, 2, done, inputs, files2) == "a file a stage reads (model, list or eval set) changed"
 
     write_jsonl(tmp_path / "in" / "b.jsonl", [{"text": prose(2)}])  # a new input file
     os.utime(tmp_path / "in" / "a.jsonl", ns=(1, 1))  # and a touched one
     inputs2 = input_state(r)
     assert fingerprint(r, 1, inputs2, files2) != fp1
-    why = what_changed(r, 1, {**done, "recipe_fingerprint": r.fingerprint(1)}, inputs2, files2)
+    done.recipe_fingerprint = r.fingerprint(1)
+    why = what_changed(r, 1, done, inputs2, files2)
     assert f"changed input file(s): {tmp_path}/in/a.jsonl" in why and f"new input file(s): {tmp_path}/in/b.jsonl" in why
 
 
