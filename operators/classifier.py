@@ -7,7 +7,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,6 +18,7 @@ from pydantic import AfterValidator, Field
 from operators.base import AtLeastOne, Operator, Probability, check_params, mark_removed, register
 from operators.models import text_heads
 from operators.percentile import band_stage
+from storage.run import atomic_path
 from storage.schema import with_column
 
 logger = logging.getLogger(__name__)
@@ -230,13 +230,12 @@ def train_classifier(
         pred = score(idx) >= 0.5
         report.update(validation=int(val.sum()), validation_accuracy=float((pred == (y[idx] == 1)).mean()))
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{out}.tmp"
-    if kind == "fasttext":
-        model.model.save_model(tmp)
-    else:
-        head = {"format": HEAD_FORMAT, "version": 1, "encoder": encoder, "coef": coef.tolist(), "intercept": intercept}
-        Path(tmp).write_text(json.dumps({**head, "metrics": report}))
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        if kind == "fasttext":
+            model.model.save_model(tmp)
+        else:
+            head = {"format": HEAD_FORMAT, "version": 1, "encoder": encoder, "coef": coef.tolist()}
+            Path(tmp).write_text(json.dumps({**head, "intercept": intercept, "metrics": report}))
     report["out"] = str(out)
     logger.info("trained %s classifier: %s", kind, report)
     return report

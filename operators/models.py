@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from storage.run import atomic_path
+
 logger = logging.getLogger(__name__)
 
 
@@ -143,10 +145,9 @@ def _converted(name: str, gguf: Path) -> Path:
         cfg.pop("quantization_config", None)
         model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg), dtype=torch.bfloat16)
         model.load_state_dict(quant.state_dict())
-        tmp = out.with_name(out.name + ".tmp")
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        tmp.rename(out)
+        with atomic_path(out) as tmp:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
     return out
 
 

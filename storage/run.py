@@ -381,12 +381,36 @@ def _alive(pid: object) -> bool:
     return True
 
 
+def _tmp_name(path: str) -> str:
+    """The temporary name an atomic write uses before renaming to ``path`` (one scheme everywhere)."""
+    return f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """A temporary local path to write ``path``'s content to (a file or a folder, by any writer:
+    ``torch.save``, ``save_pretrained``…); renamed to ``path`` when the block ends without error,
+    removed otherwise."""
+    import shutil
+
+    final = os.fspath(path)
+    tmp = _tmp_name(final)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def atomic_write(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` through a unique temporary name, then rename: readers see all or nothing."""
     parent = path.rsplit("/", 1)[0]
     if parent:
         fs.create_dir(parent, recursive=True)
-    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp = _tmp_name(path)
     try:
         with fs.open_output_stream(tmp) as f:
             f.write(data)

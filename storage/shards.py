@@ -17,6 +17,7 @@ from ray.data import Datasink, Datasource, ReadTask
 from ray.data.block import BlockMetadata
 
 from storage.fs import resolve
+from storage.run import atomic_write
 from storage.schema import REASON, STAGE
 
 logger = logging.getLogger(__name__)
@@ -43,11 +44,7 @@ def write_table_atomic(fs, path: str, table: pa.Table) -> tuple[int, str]:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd", row_group_size=8192)
     buf = sink.getvalue()
-    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(tmp) as f:
-        f.write(buf)
-    fs.move(tmp, path)
+    atomic_write(fs, path, buf)
     return buf.size, hashlib.sha256(memoryview(buf)).hexdigest()
 
 

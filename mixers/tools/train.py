@@ -37,6 +37,7 @@ from torch import nn
 from mixers.algorithms.base import REPORT_ALIGNMENT, REPORT_EVAL
 from mixers.trainer.client import MixtureStream
 from mixers.trainer.utils import alignment_scores, causal_lm_loss, held_out_losses
+from storage.run import atomic_path
 
 logger = logging.getLogger("sluice.train")
 
@@ -245,9 +246,8 @@ class Trainer:
         state = {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "next_step": next_step}
         state["stream"] = self.stream.state_dict()  # the mixer state at next_step: resume both together
         state["history"] = self.history
-        tmp = self.ckpt.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.ckpt)
+        with atomic_path(self.ckpt) as tmp:
+            torch.save(state, tmp)
 
     def load(self) -> int:
         state = torch.load(self.ckpt, map_location=self.device, weights_only=False)
