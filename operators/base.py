@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -263,9 +264,8 @@ class GlobalStage(Operator):
             raise RuntimeError(f"stage {self.stage!r}: {self.op_name} applied without its prepare() pass")
         value = self._shared_in[name]
         conv = getattr(convert, "__qualname__", "") if convert else ""
-        import ray
-
-        if isinstance(value, ray.ObjectRef):
+        ray = sys.modules.get("ray")  # an object reference exists only where Ray is imported
+        if ray is not None and isinstance(value, ray.ObjectRef):
             key = (value.hex(), conv)
             if key not in _SHARED:
                 if len(_SHARED) >= _SHARED_MAX:
