@@ -1,3 +1,8 @@
+import ast
+import sysconfig
+from pathlib import Path
+
+import pyarrow as pa
 import pytest
 
 from operators.base import params_model
@@ -5,8 +10,12 @@ from operators.normalize import Normalize
 from tests.conftest import make_batch
 
 
+#: the whitespace rewrites a recipe can ask for (all off by default)
+REWRITE = {"strip_lines": True, "collapse_spaces": True, "collapse_blank_lines": True, "strip": True}
+
+
 def norm(text, **kw):
-    return Normalize(stage="normalize", **kw).normalize(text)
+    return Normalize(stage="normalize", **{**REWRITE, **kw}).normalize(text)
 
 
 def test_nfc_composes():
@@ -55,9 +64,35 @@ def test_idempotent():
     assert norm(once) == once
 
 
+def test_defaults_keep_whitespace_and_change_only_encoding_artifacts():
+    text = "def f(x):\r\n\tif x:\r\n        return [1,  2]   # aligned\n\n\n\n  | a  | b |\x00\n"
+    assert Normalize(stage="n").normalize(text) == (
+        "def f(x):\n\tif x:\n        return [1,  2]   # aligned\n\n\n\n  | a  | b |\n"
+    )
+
+
+def test_requested_whitespace_rewrites_never_touch_code():
+    batch = make_batch(["a  b\n\n\n\nc  ", "    x  =  1\n", "    y  =  2\n"], domains=["web", "code", "web"])
+    batch = batch.set_column(3, "source", pa.array(["page.html.txt", "a.py", "lib/util.py"]))
+    out = Normalize(stage="normalize", **REWRITE)(batch)
+    assert out.column("text").to_pylist() == ["a b\n\nc", "    x  =  1\n", "    y  =  2\n"]
+
+
+def test_normalized_python_is_the_same_program():
+    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:40]
+    texts = [f.read_text(encoding="utf-8", errors="replace") for f in files]
+    out = Normalize(stage="normalize")(make_batch(texts, domains=["docs"] * len(texts)))
+    for before, after in zip(texts, out.column("text").to_pylist()):
+        try:
+            tree = ast.dump(ast.parse(before))
+        except SyntaxError:
+            continue
+        assert ast.dump(ast.parse(after)) == tree
+
+
 def test_empty_result_marks_row_removed_and_keeps_original_text():
     batch = make_batch(["  \x00\r\n\t ", "ok  text"])
-    out = Normalize(stage="normalize")(batch)
+    out = Normalize(stage="normalize", **REWRITE)(batch)
     assert out.column("reason").to_pylist() == ["normalize_empty", None]
     assert out.column("stage").to_pylist() == ["normalize", None]
     assert out.column("text").to_pylist() == ["  \x00\r\n\t ", "ok text"]
@@ -70,7 +105,7 @@ def test_only_active_rows_rewritten():
         domains=["web", "code", "web", "code"],
         reasons=[None, None, "earlier_reason", None],
     )
-    out = Normalize(stage="normalize", domains=["web"])(batch)
+    out = Normalize(stage="normalize", domains=["web"], **REWRITE)(batch)
     assert out.column("text").to_pylist() == ["a b", "c  d", "e  f", ""]
     assert out.column("reason").to_pylist() == [None, None, "earlier_reason", None]
     assert out.num_rows == batch.num_rows
