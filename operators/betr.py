@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
@@ -28,56 +25,20 @@ from operators.base import (
 from operators.classifier import SCORE_CHARS, FastTextModel, embed, train_fasttext
 from operators.models import text_heads
 from operators.percentile import token_weights
+from storage.evalsets import load_eval_set
 from storage.schema import seeded_hash, with_column
 
 logger = logging.getLogger(__name__)
 
 POS, NEG = "__label__pos", "__label__neg"
-#: target-record keys never used as text
-ID_KEYS = frozenset({"id", "_id", "idx", "uid", "qid", "example_id", "doc_id"})
-
-
 def hash64(ids: list[str], seed: int) -> np.ndarray:
     """A uint64 per id that depends only on (seed, id): the deterministic sample order."""
     return np.fromiter((seeded_hash(i, seed) for i in ids), dtype=np.uint64, count=len(ids))
 
 
-def target_text(rec: dict[str, Any], fields: list[str] | None) -> str:
-    """One benchmark example as text: its fields concatenated (question, choices, answer, …).
-
-    With ``fields`` those fields in that order; otherwise every string (or list of strings)
-    value in record order, except id-like keys. Lists are joined with spaces.
-    """
-    keys = fields if fields is not None else [k for k in rec if k.lower() not in ID_KEYS]
-    parts: list[str] = []
-    for k in keys:
-        v = rec.get(k)
-        if isinstance(v, str):
-            parts.append(v)
-        elif isinstance(v, list):
-            parts.extend(str(x) for x in v if isinstance(x, (str, int, float)))
-        elif fields is not None and isinstance(v, (int, float)):
-            parts.append(str(v))
-    return " ".join(p.strip() for p in parts if p and p.strip())
-
-
 def load_targets(path: str, fields: list[str] | None = None, limit: int | None = None) -> list[str]:
-    """Target examples from a JSONL file (``.gz`` allowed), as text."""
-    raw = Path(path).expanduser().read_bytes()
-    if path.endswith(".gz"):
-        raw = gzip.decompress(raw)
-    out = []
-    for n, line in enumerate(raw.decode("utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        rec = json.loads(line)
-        if not isinstance(rec, dict):
-            raise ValueError(f"{path}:{n}: a target example must be a JSON object")
-        text = target_text(rec, fields)
-        if text:
-            out.append(text)
-        if limit is not None and len(out) >= limit:
-            break
+    """Target examples as text, read as an eval set (:mod:`storage.evalsets`: JSONL/Parquet/text)."""
+    out = [e.text for e in load_eval_set(path, fields=fields, limit=limit)]
     if not out:
         raise ValueError(f"betr: no target examples with text in {path}")
     return out

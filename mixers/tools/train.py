@@ -166,6 +166,45 @@ class VocabMap:
         return {**batch, "input_ids": self(batch["input_ids"]), "labels": self(batch["labels"])}
 
 
+# ---------------------------------------------------------------------- eval sets
+def run_tokenizer(run: str) -> str:
+    """The tokenizer spec a curated run's ``tokenize`` stage used (its default if the stage left it)."""
+    from storage.manifest import read_manifest
+
+    stages = (read_manifest(run).get("recipe") or {}).get("stages") or []
+    spec = next((s.get("tokenizer") for s in stages if s.get("op") == "tokenize"), None)
+    return spec or "packaged:smollm2-135m"
+
+
+def eval_set_batches(
+    specs: list[str], tokenizer: str, seq_len: int, batch_size: int = 8
+) -> dict[str, list[dict[str, torch.Tensor]]]:
+    """Batches per domain of the eval sets ``specs`` (``PATH`` or ``PATH=DOMAIN``; the format of
+    :mod:`storage.evalsets`), tokenized with ``tokenizer`` and packed into ``seq_len`` rows; labels
+    are -100 on the padded tail, as the server's held-out batches."""
+    from operators.models import load_tokenizer
+    from storage.evalsets import load_eval_set, pack
+
+    tok = load_tokenizer(tokenizer)
+    by_domain: dict[str, list[np.ndarray]] = {}
+    for spec in specs:
+        path, _, domain = spec.partition("=")
+        for ex in load_eval_set(path, domain or None):
+            ids = tok(ex.text, add_special_tokens=False)["input_ids"]
+            by_domain.setdefault(ex.domain, []).append(np.asarray(ids, np.int64))
+    out: dict[str, list[dict[str, torch.Tensor]]] = {}
+    for domain, lists in sorted(by_domain.items()):
+        rows, valid = pack(lists, seq_len, tok.eos_token_id)
+        ids = torch.from_numpy(rows)
+        labels = ids.clone()
+        labels[torch.arange(seq_len)[None, :] >= torch.from_numpy(valid)[:, None]] = -100
+        out[domain] = [
+            {"input_ids": ids[i : i + batch_size], "labels": labels[i : i + batch_size]}
+            for i in range(0, len(ids), batch_size)
+        ]
+    return out
+
+
 # ---------------------------------------------------------------------- training
 @dataclass
 class TrainConfig:
@@ -202,9 +241,16 @@ class Trainer:
     """Trains ``model`` on ``stream`` for ``cfg.steps`` global steps, answering the mixer's requests."""
 
     def __init__(
-        self, stream: MixtureStream, model: GPT, cfg: TrainConfig, out: Path, vocab: VocabMap | None = None
+        self,
+        stream: MixtureStream,
+        model: GPT,
+        cfg: TrainConfig,
+        out: Path,
+        vocab: VocabMap | None = None,
+        eval_sets: dict[str, list[dict[str, torch.Tensor]]] | None = None,
     ) -> None:
         self.stream, self.model, self.cfg, self.out, self.vocab = stream, model, cfg, out, vocab
+        self.eval_sets = eval_sets or {}
         self.device, self.autocast = pick_device()
         self.model.to(self.device)
         decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -230,6 +276,10 @@ class Trainer:
         """Per-domain held-out loss on the first ``eval_sequences`` held-out sequences of each domain."""
         batches = {d: self.stream.held_out(d, 8, self.cfg.eval_sequences) for d in self.stream.domains}
         return held_out_losses(self.model, batches, self._loss)
+
+    def evaluate_sets(self) -> dict[str, float]:
+        """Per-domain loss on the ``--eval`` sets (every token of every example; empty without sets)."""
+        return held_out_losses(self.model, self.eval_sets, self._loss) if self.eval_sets else {}
 
     def alignments(self) -> dict[str, float]:
         """⟨g_domain, g_target⟩ on held-out sequences after the eval slice (so evals stay unbiased)."""
@@ -260,6 +310,9 @@ class Trainer:
     def _log_eval(self, step: int, losses: dict[str, float]) -> None:
         weights = self.stream.status()["weights"]
         row = {"step": step, "eval_loss": losses, "mean_eval_loss": sum(losses.values()) / len(losses)}
+        if self.eval_sets:
+            sets = self.evaluate_sets()
+            row.update(eval_set_loss=sets, mean_eval_set_loss=sum(sets.values()) / len(sets))
         row["weights"] = weights
         self.history.append(row)
         with open(self.out / "metrics.jsonl", "a") as f:
@@ -299,9 +352,12 @@ class Trainer:
             self._log_eval(self.cfg.steps, final)
         self.save(self.cfg.steps)
         server = self.stream.checkpoint(self.cfg.steps)
+        sets = self.evaluate_sets()
         return {
             "final_eval_loss": final,
             "mean_eval_loss": sum(final.values()) / len(final),
+            "final_eval_set_loss": sets,
+            "mean_eval_set_loss": sum(sets.values()) / len(sets) if sets else None,
             "schedule": server["schedule"],
             "mixer": server["mixer"],
             "seconds": round(time.time() - t0, 1),
@@ -374,6 +430,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--eval-sequences", type=int, default=16, help="held-out sequences per domain per eval")
+    p.add_argument(
+        "--eval",
+        action="append",
+        default=[],
+        metavar="FILE[=DOMAIN]",
+        help="an eval set (JSONL/Parquet/text; `text` or question/answer fields; `domain` per record, else DOMAIN, "
+        "else the file name); repeat. Scored at every eval on all its tokens",
+    )
+    p.add_argument("--eval-tokenizer", default=None, help="tokenizer for --eval (default with --serve: the run's)")
     p.add_argument("--target", default=None, help="DGA: the target domain whose held-out gradient guides the mix")
     p.add_argument("--checkpoint-every", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (model, optimiser, mixer)")
@@ -400,6 +465,9 @@ def _mixer_params(pairs: list[str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    eval_tokenizer = args.eval_tokenizer or (run_tokenizer(args.serve) if args.serve and args.eval else None)
+    if args.eval and eval_tokenizer is None:
+        raise SystemExit("--eval with --server needs --eval-tokenizer (the tokenizer the served run used)")
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -452,7 +520,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             checkpoint_every=args.checkpoint_every,
             seed=args.seed,
         )
-        trainer = Trainer(stream, model, cfg, out, vocab)
+        sets = eval_set_batches(args.eval, eval_tokenizer, args.seq_len) if args.eval else None
+        trainer = Trainer(stream, model, cfg, out, vocab, sets)
         start = trainer.load() if args.resume else 0
         result = trainer.train(start)
         result["settings"] = {"train": asdict(cfg), "model": asdict(model.cfg), "args": vars(args)}

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
-from operators.betr import NEG, POS, Betr, hash64, load_targets, rank_scores, target_text
+from operators.betr import NEG, POS, Betr, hash64, load_targets, rank_scores
 from operators.classifier import train_fasttext
 from pipelines.recipe import RecipeError, parse_recipe
 from pipelines.runner import run
+from storage.evalsets import record_text as target_text
 from storage.shards import read_shards
 from tests.conftest import make_batch, write_jsonl
 from tests.operators.test_classifier import TOPICS, topic_doc

@@ -9,7 +9,6 @@ from operators.base import params_model
 from operators.normalize import Normalize
 from tests.conftest import make_batch
 
-
 #: the whitespace rewrites a recipe can ask for (all off by default)
 REWRITE = {"strip_lines": True, "collapse_spaces": True, "collapse_blank_lines": True, "strip": True}
 

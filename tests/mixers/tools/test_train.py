@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mixers.tools.train import GPT, GPTConfig, TrainConfig, VocabMap, lr_at, main
+from mixers.tools.train import GPT, GPTConfig, TrainConfig, VocabMap, eval_set_batches, lr_at, main
 
 TINY = ["--seq-len", "32", "--global-batch", "8", "--n-embd", "16", "--n-head", "2", "--n-layer", "1"]
 AIOLI = ["--mixer", "aioli", "--param", "lp_rounds=1", "--param", "lp_steps=1", "--param", "update_every=5"]
@@ -43,6 +43,27 @@ def test_resume_continues_model_and_mixer_exactly(run_dir, tmp_path):
     resumed = main(args(run_dir[0], part, 10, "--resume"))
     assert resumed["schedule"] == whole["schedule"] and resumed["mixer"] == whole["mixer"]
     assert resumed["final_eval_loss"] == pytest.approx(whole["final_eval_loss"], rel=1e-5)
+
+
+def test_eval_sets_are_scored_on_the_same_tokens_at_every_eval(run_dir, tmp_path):
+    sets = tmp_path / "qa.jsonl"
+    sets.write_text(
+        "\n".join(json.dumps({"question": f"Question {i}?", "answer": f"Answer {i}."}) for i in range(12))
+        + "\n"
+        + json.dumps({"text": "A sentence from the manual.", "domain": "manual"})
+        + "\n"
+    )
+    tok = ["--eval-tokenizer", "packaged:smollm2-135m"]
+    first = eval_set_batches([str(sets)], "packaged:smollm2-135m", 32)
+    again = eval_set_batches([str(sets)], "packaged:smollm2-135m", 32)
+    assert sorted(first) == ["manual", "qa"]
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(first["qa"], again["qa"]))
+    result = main(args(run_dir[0], tmp_path / "out", 8, "--eval", str(sets), *tok))
+    assert set(result["final_eval_set_loss"]) == {"manual", "qa"}
+    assert all(np.isfinite(v) for v in result["final_eval_set_loss"].values())
+    assert [set(h["eval_set_loss"]) for h in result["history"]] == [{"manual", "qa"}] * 2
+    with pytest.raises(SystemExit, match="needs --eval-tokenizer"):
+        main(["--server", "grpc://127.0.0.1:1", *TINY, "--eval", str(sets), "--out", str(tmp_path / "x")])
 
 
 def test_vocab_map_keeps_the_most_frequent_tokens_and_ignores_minus_100():
