@@ -216,6 +216,44 @@ def report(
     print(f"Report: {path}")
 
 
+@app.command("calibrate")
+def calibrate_cmd(
+    recipe: Path = typer.Argument(..., help="The recipe whose filter stages to calibrate."),
+    reference: list[str] = typer.Option(
+        ..., "--reference", help="Trusted documents, FILE[=DOMAIN] in the eval-set format; repeat per domain."
+    ),
+    keep: float = typer.Option(0.99, "--keep", help="Share of each domain's reference every filter stage keeps."),
+    sample: int = typer.Option(2000, "--sample", help="Documents per domain read from reference and corpus."),
+    out: Path = typer.Option(..., "-o", "--out", help="Where to write the calibrated recipe (YAML)."),
+) -> None:
+    """Relax the recipe's web-text filter thresholds per domain until they keep KEEP of a trusted reference."""
+    from pipelines.calibrate import calibrate
+    from pipelines.recipe import RecipeError, load_recipe
+    from storage.evalsets import EvalSetError
+
+    if out.exists() and (out.resolve() == recipe.resolve() or not out.read_text().startswith("# Calibrated by")):
+        err.print(f"[red]refused:[/red] {out} exists and is not a recipe `sluice calibrate` wrote; choose another -o")
+        raise typer.Exit(2)
+    try:
+        text, record = calibrate(load_recipe(recipe), recipe.read_text(), reference, keep, sample)
+    except (RecipeError, EvalSetError, ValueError, OSError) as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(2) from None
+    out.write_text(text)
+    t = Table(title=f"Calibration (keep {keep:.0%} of the reference)", title_justify="left")
+    for col in ("stage", "domain", "rule", "before", "after", "ref removed", "corpus removed"):
+        t.add_column(col)
+    for r in record["rules"]:
+        pct = lambda a, b: "" if a is None else f"{a:.1%} → {b:.1%}"  # noqa: E731
+        t.add_row(
+            r["stage"], r["domain"], r["param"], str(r["before"]), str(r["after"]),
+            pct(r["reference_removed_before"], r["reference_removed_after"]),
+            pct(r["corpus_removed_before"], r["corpus_removed_after"]),
+        )  # fmt: skip
+    console.print(t)
+    print(f"Calibrated recipe: {out}")
+
+
 @app.command("demo-data")
 def demo_data(
     dest: Path = typer.Argument(Path("data/demo"), help="Directory to write the demo corpus into."),

@@ -103,6 +103,8 @@ class Recipe(BaseModel):
     inputs: list[InputSpec] = Field(min_length=1)
     stages: list[StageSpec] = Field(default_factory=list)
     output: OutputSpec = Field(default_factory=OutputSpec)
+    #: what `sluice calibrate` measured (recorded in the manifest, shown in the report; not run)
+    calibration: dict[str, Any] | None = None
 
     def fingerprint(self, upto: int | None = None) -> str:
         """Hash of the inputs and of the stages up to ``upto`` (exclusive): what a checkpoint depends on."""

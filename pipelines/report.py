@@ -371,6 +371,39 @@ def samples(manifest: dict, con, per_reason: int = 3, chars: int = 600) -> Secti
 
 
 # ---------------------------------------------------------------- the page
+def calibration(manifest: dict) -> Section:
+    """The table `sluice calibrate` wrote into the recipe: per stage, domain and rule, the threshold
+    before and after, and the share of reference and corpus it removes."""
+    rec = (manifest.get("recipe") or {}).get("calibration")
+    if not rec:
+        return Section("calibration", "Filter calibration", note("The recipe was not calibrated (`sluice calibrate`)."))
+
+    def pct(v: Any) -> str:
+        return "" if v is None else f"{100 * v:.1f}%"
+
+    rows = [
+        [
+            r["stage"],
+            r["domain"],
+            r["param"],
+            r["before"],
+            r["after"],
+            pct(r["reference_removed_before"]),
+            pct(r["reference_removed_after"]),
+            pct(r["corpus_removed_before"]),
+            pct(r["corpus_removed_after"]),
+        ]
+        for r in rec.get("rules", [])
+    ]
+    heads = ["stage", "domain", "rule", "before", "after", "ref. removed", "→ after", "corpus removed", "→ after"]
+    intro = note(
+        f"Thresholds relaxed per domain to keep {100 * rec.get('keep', 0):.0f}% of a trusted reference "
+        f"({', '.join(f'{d}: {n}' for d, n in rec.get('reference_docs', {}).items())} documents); "
+        "a document is counted under the first rule it fails."
+    )
+    return Section("calibration", "Filter calibration", intro + table(heads, rows))
+
+
 def build_report(out_dir: str, *, per_reason: int = 3, chars: int = 600) -> str:
     """The report of the finished run in ``out_dir`` as one HTML string."""
     from storage.views import connect
@@ -383,6 +416,7 @@ def build_report(out_dir: str, *, per_reason: int = 3, chars: int = 600) -> str:
         composition(manifest, con),
         scores(manifest, con),
         dedup(manifest, con),
+        calibration(manifest),
         samples(manifest, con, per_reason, chars),
     ]
     nav = " ".join(f'<a href="#{s.id}">{e(s.title)}</a>' for s in sections)
