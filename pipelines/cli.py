@@ -254,6 +254,24 @@ def calibrate_cmd(
     print(f"Calibrated recipe: {out}")
 
 
+@app.command("ablate")
+def ablate_cmd(
+    spec: Path = typer.Argument(..., help="Ablation spec (YAML): variants, baseline, seeds, eval sets, model, budget."),
+    out: Path = typer.Option(..., "-o", "--out", help="Directory for runs, results.json and results.md."),
+) -> None:
+    """Train a proxy model per (variant, seed) at equal tokens and compare eval loss against the baseline."""
+    from pipelines.ablate import AblationError, ablate, load_spec, table_md
+
+    try:
+        s = load_spec(spec)
+    except AblationError as e:
+        err.print(f"[red]invalid spec[/red] {e}", highlight=False)
+        raise typer.Exit(2) from None
+    summary = ablate(s, out)
+    print(table_md(summary))
+    print(f"Results: {out / 'results.json'}")
+
+
 @app.command("demo-data")
 def demo_data(
     dest: Path = typer.Argument(Path("data/demo"), help="Directory to write the demo corpus into."),

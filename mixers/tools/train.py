@@ -323,6 +323,7 @@ class Trainer:
         torch.manual_seed(self.cfg.seed + start)
         self.model.train()
         t0, tokens = time.time(), 0
+        by_domain = np.zeros(len(self.stream.domains), np.int64)
         self.stream.max_steps = self.cfg.steps - start  # consume exactly the budget: the state then sits at `steps`
         for batch in self.stream:
             step = batch["step"]
@@ -334,6 +335,7 @@ class Trainer:
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
             tokens += batch["input_ids"].numel()
+            by_domain += np.bincount(batch["domain"].numpy(), minlength=len(by_domain)) * batch["input_ids"].shape[1]
             # the feedback: every step, and whatever the mixer says is due after this step
             self.stream.report(step, per_seq.detach().float(), batch["domain"])
             if REPORT_EVAL in batch["due"]:
@@ -362,6 +364,7 @@ class Trainer:
             "mixer": server["mixer"],
             "seconds": round(time.time() - t0, 1),
             "tokens": tokens,
+            "tokens_by_domain": dict(zip(self.stream.domains, by_domain.tolist())),  # this process's steps only
             "history": self.history,
         }
 

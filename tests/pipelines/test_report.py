@@ -24,7 +24,7 @@ from tests.operators.test_classifier import topic_doc
 CHROMIUM = Path("/usr/bin/chromium")
 HOSTILE_TEXT = '<script>alert("pwned")</script>'
 HOSTILE_ID = "<img src=x onerror=alert(1)>"
-SECTIONS = ("overview", "funnel", "composition", "scores", "dedup", "removed")
+SECTIONS = ("overview", "funnel", "composition", "scores", "dedup", "calibration", "removed")
 
 
 def _near(text: str) -> str:

@@ -1,0 +1,83 @@
+"""sluice ablate: equal tokens, shared eval tokens, per-seed deltas, resume, and specs that fail before training."""
+
+import json
+
+import pytest
+import yaml
+
+from pipelines.ablate import AblationError, ablate, load_spec
+from pipelines.recipe import parse_recipe
+from pipelines.runner import run
+from tests.conftest import prose, write_jsonl
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, ray_session):
+    root = tmp_path_factory.mktemp("ablate")
+    docs = [{"id": f"w{i}", "text": prose(i % 7) + f" Item {i}."} for i in range(40)]
+    write_jsonl(root / "in" / "web.jsonl", docs)
+    write_jsonl(root / "in" / "wiki.jsonl", [{"id": f"k{i}", "text": prose(i + 3)} for i in range(30)])
+    tail = "  - {op: tokenize}\n  - {op: split, holdout_fraction: 0.1}\n"
+    for name, extra in (("raw", ""), ("dedup", "  - {op: exact_dedup}\n")):
+        text = (
+            f"inputs:\n  - {{path: {root}/in/web.jsonl, domain: web, id_field: id}}\n"
+            f"  - {{path: {root}/in/wiki.jsonl, domain: wiki, id_field: id}}\n"
+            f"stages:\n{extra}{tail}output: {{dir: {root}/{name}}}\n"
+        )
+        run(parse_recipe(text), recipe_text=text)
+    write_jsonl(root / "eval.jsonl", [{"question": f"What is item {i}?", "answer": prose(i)} for i in range(6)])
+    (root / "notok").mkdir()
+    text = f"inputs:\n  - {{path: {root}/in/web.jsonl, domain: web, id_field: id}}\noutput: {{dir: {root}/notok}}\n"
+    run(parse_recipe(text), recipe_text=text)
+    return root
+
+
+def _spec(root, **over):
+    spec = {
+        "variants": {"raw": {"run": str(root / "raw")}, "dedup": {"run": str(root / "dedup")}},
+        "baseline": "raw",
+        "seeds": [0, 1],
+        "eval": [f"{root}/eval.jsonl=qa"],
+        "model": {"n_layer": 1, "n_head": 2, "n_embd": 16, "seq_len": 16, "compact_vocab": 64},
+        "budget": {"steps": 4, "global_batch": 4},
+        **over,
+    }
+    path = root / f"spec-{len(over)}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_equal_tokens_shared_eval_tokens_deltas_and_resume(runs, tmp_path, caplog):
+    spec = load_spec(_spec(runs))
+    out = tmp_path / "abl"
+    summary = ablate(spec, out)
+    v = summary["variants"]
+    assert summary["tokens_per_run"] == 4 * 4 * 16
+    assert v["raw"]["tokens"] == v["dedup"]["tokens"] == [4 * 4 * 16]  # every run trained on the same tokens
+    assert set(v["dedup"]["mean_eval_loss"]) == {"qa", "mean"}
+    assert v["raw"]["delta_vs_baseline"]["mean"]["per_seed"] == [0.0, 0.0]
+    assert len(v["dedup"]["delta_vs_baseline"]["mean"]["per_seed"]) == 2
+    assert set(v["dedup"]["epochs"]) == {"web", "wiki"} and all(e > 0 for e in v["dedup"]["epochs"].values())
+    assert "| dedup |" in (out / "results.md").read_text()
+    assert json.loads((out / "results.json").read_text()) == summary
+    # one finished pair removed: only it is trained again, and the results stand
+    (out / "runs" / "dedup" / "seed1" / "ablation.json").unlink()
+    caplog.set_level("INFO", logger="pipelines.ablate")
+    again = ablate(spec, out)
+    assert caplog.text.count("finished earlier, not retrained") == 3
+    assert again["variants"]["raw"] == summary["variants"]["raw"]
+
+
+def test_bad_specs_fail_before_training_naming_the_field(runs):
+    with pytest.raises(AblationError, match=r"variants.raw.run: .* is not a finished Sluice run"):
+        load_spec(_spec(runs, variants={"raw": {"run": str(runs / "nope")}, "dedup": {"run": str(runs / "dedup")}}))
+    with pytest.raises(AblationError, match=r"variants.raw.run: .* has no tokens"):
+        load_spec(_spec(runs, variants={"raw": {"run": str(runs / "notok")}, "dedup": {"run": str(runs / "dedup")}}))
+    with pytest.raises(AblationError, match=r"eval\[0\]: eval set .* no files match"):
+        load_spec(_spec(runs, eval=[str(runs / "missing.jsonl")]))
+    with pytest.raises(AblationError, match="baseline: 'x' is not one of the variants"):
+        load_spec(_spec(runs, baseline="x"))
+    with pytest.raises(AblationError, match=r"budget.steps: Input should be greater than or equal to 1"):
+        load_spec(_spec(runs, budget={"steps": 0}))
