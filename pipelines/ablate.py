@@ -187,6 +187,7 @@ def ablate(spec: AblationSpec, out: str | Path) -> dict[str, Any]:
     summary = summarize(spec, results, train_tokens)
     atomic_write_text(out / "results.json", json.dumps(summary, indent=1))
     (out / "results.md").write_text(table_md(summary))
+    atomic_write_text(out / "results.html", page(summary, results, spec))
     return summary
 
 
@@ -256,3 +257,41 @@ def table_md(summary: dict[str, Any]) -> str:
         p = delta.get("p_value", "")
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {delta['mean']:+.4f} ({per}) | {p} |")
     return "\n".join(lines) + "\n"
+
+
+def page(summary: dict[str, Any], results: dict, spec: AblationSpec) -> str:
+    """One self-contained HTML page in the style of ``sluice report``: the table and the eval-loss
+    curves (mean over seeds) of every variant."""
+    from pipelines import charts
+    from pipelines.report import CSS, note, table
+
+    variants = summary["variants"]
+    domains = list(next(iter(variants.values()))["mean_eval_loss"])
+    rows = []
+    for name, row in variants.items():
+        delta = row["delta_vs_baseline"]["mean"]
+        rows.append(
+            [name, spec.variants[name].mixer]
+            + [f"{row['mean_eval_loss'][d]['mean']:.4f} ± {row['mean_eval_loss'][d]['sd']:.4f}" for d in domains]
+            + [f"{delta['mean']:+.4f}", ", ".join(f"{x:+.4f}" for x in delta["per_seed"]), delta.get("p_value", "")]
+            + [", ".join(f"{d} {x:g}" for d, x in row["epochs"].items())]
+        )
+    heads = ["variant", "mixer", *domains, "Δ mean", "per seed", "p (paired t)", "epochs"]
+    series = {}
+    for name in variants:
+        hist = [results[(name, s)]["history"] for s in spec.seeds]
+        steps = [h["step"] for h in hist[0] if "mean_eval_set_loss" in h]
+        means = [sum(h[i]["mean_eval_set_loss"] for h in hist) / len(hist) for i in range(len(steps))]
+        series[name] = (steps, means)
+    body = [
+        note(f"{summary['tokens_per_run']:,} training tokens per run; seeds {summary['seeds']}; "
+             f"baseline {summary['baseline']}; eval sets: {', '.join(spec.eval)}."),  # fmt: skip
+        table(heads, rows),
+        charts.curves(series, "mean eval-set loss (mean over seeds)", "nats/token"),
+    ]
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>Sluice ablation</title><style>{CSS}</style></head><body>"
+        f"<h1>Sluice ablation</h1>{''.join(body)}</body></html>\n"
+    )
+

@@ -159,3 +159,16 @@ def _labelled_bars(ax, counts: dict[str, int], title: str, color: str) -> None:
     ax.grid(axis="y", alpha=0.3)
     if not counts:
         ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
+
+
+def curves(series: dict[str, tuple[Sequence[float], Sequence[float]]], title: str, ylabel: str) -> str:
+    """One line per named (x, y) series (e.g. eval loss over steps per ablation variant)."""
+    fig, (ax,) = figure(6.4, 3.2)
+    for name, (x, y) in series.items():
+        ax.plot(x, y, marker="o", markersize=3, label=_short(name))
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    return img(fig, title)
+

@@ -61,6 +61,8 @@ def test_equal_tokens_shared_eval_tokens_deltas_and_resume(runs, tmp_path, caplo
     assert len(v["dedup"]["delta_vs_baseline"]["mean"]["per_seed"]) == 2
     assert set(v["dedup"]["epochs"]) == {"web", "wiki"} and all(e > 0 for e in v["dedup"]["epochs"].values())
     assert "| dedup |" in (out / "results.md").read_text()
+    html = (out / "results.html").read_text()
+    assert "Sluice ablation" in html and "data:image/png;base64," in html and "dedup" in html
     assert json.loads((out / "results.json").read_text()) == summary
     # one finished pair removed: only it is trained again, and the results stand
     (out / "runs" / "dedup" / "seed1" / "ablation.json").unlink()
