@@ -284,8 +284,10 @@ def page(summary: dict[str, Any], results: dict, spec: AblationSpec) -> str:
         means = [sum(h[i]["mean_eval_set_loss"] for h in hist) / len(hist) for i in range(len(steps))]
         series[name] = (steps, means)
     body = [
-        note(f"{summary['tokens_per_run']:,} training tokens per run; seeds {summary['seeds']}; "
-             f"baseline {summary['baseline']}; eval sets: {', '.join(spec.eval)}."),  # fmt: skip
+        note(
+            f"{summary['tokens_per_run']:,} training tokens per run; seeds {summary['seeds']}; "
+            f"baseline {summary['baseline']}; eval sets: {', '.join(spec.eval)}."
+        ),
         table(heads, rows),
         charts.curves(series, "mean eval-set loss (mean over seeds)", "nats/token"),
     ]
@@ -294,4 +296,3 @@ def page(summary: dict[str, Any], results: dict, spec: AblationSpec) -> str:
         f"<title>Sluice ablation</title><style>{CSS}</style></head><body>"
         f"<h1>Sluice ablation</h1>{''.join(body)}</body></html>\n"
     )
-
