@@ -31,6 +31,8 @@ from storage.schema import seeded_hash, with_column
 logger = logging.getLogger(__name__)
 
 POS, NEG = "__label__pos", "__label__neg"
+
+
 def hash64(ids: list[str], seed: int) -> np.ndarray:
     """A uint64 per id that depends only on (seed, id): the deterministic sample order."""
     return np.fromiter((seeded_hash(i, seed) for i in ids), dtype=np.uint64, count=len(ids))

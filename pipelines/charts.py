@@ -171,4 +171,3 @@ def curves(series: dict[str, tuple[Sequence[float], Sequence[float]]], title: st
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
     return img(fig, title)
-
