@@ -41,7 +41,7 @@ class Knob:
 
 
 def _scaled(factors: Sequence[float]) -> Callable[[tuple], list[tuple]]:
-    return lambda pairs: [tuple((n, min(1.0, f * k)) for n, f in pairs) for k in factors] + [()]
+    return lambda pairs: [tuple((n, round(min(1.0, f * k), 4)) for n, f in pairs) for k in factors] + [()]
 
 
 #: the rules calibration may relax, per op (web-text rules: all of these)

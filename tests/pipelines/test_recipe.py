@@ -59,3 +59,15 @@ def test_duplicate_stage_names_need_a_name(tmp_path):
 def test_not_yaml_is_one_clear_message():
     with pytest.raises(RecipeError, match="not valid YAML"):
         parse_recipe("inputs: [unclosed")
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "code.yaml"])
+def test_shipped_recipes_validate(name):
+    """The shipped recipes parse; code.yaml's filters are calibrated on code (looser than the web defaults)."""
+    from pathlib import Path
+
+    r = parse_recipe((Path(__file__).parents[2] / "pipelines" / "recipes" / name).read_text(), check_inputs=False)
+    if name == "code.yaml":
+        assert r.calibration and r.calibration["keep"] == 0.99
+        gq = next(s for s in r.stages if s.op == "gopher_quality")
+        assert gq.params["min_alpha_words_ratio"] is None and gq.params["domains"] == ["code"]
