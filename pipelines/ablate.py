@@ -108,8 +108,11 @@ def load_spec(path: str | Path) -> AblationSpec:
             manifest = read_manifest(v.run)
         except FileNotFoundError:
             raise AblationError(f"variants.{name}.run: {v.run!r} is not a finished Sluice run (no manifest)") from None
-        if not any(s.get("op") == "tokenize" for s in (manifest.get("recipe") or {}).get("stages", [])):
+        ops = {s.get("op") for s in (manifest.get("recipe") or {}).get("stages", [])}
+        if "tokenize" not in ops:
             raise AblationError(f"variants.{name}.run: {v.run!r} has no tokens; end its recipe with {{op: tokenize}}")
+        if "split" not in ops:
+            raise AblationError(f"variants.{name}.run: {v.run!r} has no held-out split; add {{op: split}}")
     for i, spec_path in enumerate(spec.eval):
         path, _, domain = spec_path.partition("=")
         try:

@@ -272,6 +272,38 @@ def ablate_cmd(
     print(f"Results: {out / 'results.json'}")
 
 
+@app.command("mixsearch")
+def mixsearch_cmd(
+    run: str = typer.Argument(..., help="A curated, tokenized run."),
+    evals: list[str] = typer.Option(..., "--eval", help="Eval set FILE[=DOMAIN] the proxies are scored on; repeat."),
+    out: Path = typer.Option(..., "-o", "--out", help="Directory for the proxies and mixsearch.json."),
+    mixtures: int = typer.Option(16, "--mixtures", help="Mixtures to sample and train a proxy on."),
+    steps: int = typer.Option(200, "--steps", help="Steps per proxy."),
+    global_batch: int = typer.Option(16, "--global-batch"),
+    seq_len: int = typer.Option(128, "--seq-len"),
+    epoch_cap: float | None = typer.Option(None, "--epoch-cap", help="At most this many epochs of any domain."),
+    compact_vocab: int | None = typer.Option(4096, "--compact-vocab", help="Proxy vocabulary (most frequent tokens)."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Fit eval loss against mixture weights over short proxy runs (RegMix / Data Mixing Laws); print the best."""
+    from pipelines.mixsearch import mixsearch_run
+
+    try:
+        rec = mixsearch_run(
+            run, evals, out, mixtures=mixtures, steps=steps, global_batch=global_batch, seq_len=seq_len,
+            epoch_cap=epoch_cap, seed=seed, compact_vocab=compact_vocab,
+        )  # fmt: skip
+    except (ValueError, OSError) as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(2) from None
+    console.print(f"held-out R²: {rec['held_out_r2']} (using {rec['fit']})")
+    console.print(
+        f"predicted {rec['predicted_loss']:.4f}, validated {rec['validated_loss']:.4f} "
+        f"(best sampled {rec['best_sampled_loss']:.4f})"
+    )
+    print(f"sluice serve {run} --mixer static {rec['weights_flag']}")
+
+
 @app.command("demo-data")
 def demo_data(
     dest: Path = typer.Argument(Path("data/demo"), help="Directory to write the demo corpus into."),

@@ -1,0 +1,75 @@
+"""sluice mixsearch on a simulated mixing law with a known optimum (mixers/tools/simulate.py)."""
+
+import numpy as np
+import pytest
+
+from mixers.tools.simulate import MixingLaw
+from pipelines.mixsearch import cap_weights, mixsearch, sample_mixtures, weights_flag
+
+D = ["a", "b", "c"]
+# a transfers to every domain: the best static mixture leans on it
+TRANSFER = MixingLaw(
+    D,
+    c=np.array([2.0, 2.5, 3.0]),
+    b=np.array([2.0, 2.0, 2.0]),
+    a=np.array([[1.0, 0.2, 0.1], [0.6, 0.4, 0.1], [0.6, 0.1, 0.4]]),
+    scale=300.0,
+)
+STEPS = 600
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_recovers_the_optimum_of_a_simulated_law(seed):
+    rng = np.random.default_rng(seed)
+
+    def evaluate(w):  # a proxy run's eval loss, with noise as between seeds
+        return TRANSFER.average_loss(w, STEPS) + rng.normal(0, 0.002)
+
+    res = mixsearch(D, np.full(3, 1 / 3), evaluate, mixtures=24, seed=seed)
+    uniform = TRANSFER.average_loss(np.full(3, 1 / 3), STEPS)
+    best = TRANSFER.average_loss(TRANSFER.best_static(STEPS), STEPS)
+    got = TRANSFER.average_loss(np.array([res["weights"][d] for d in D]), STEPS)
+    assert got < uniform  # better than stratified
+    assert got - best < 0.2 * (uniform - best)  # recovers >= 80% of the best static mixture's gain
+    assert max(res["held_out_r2"].values()) > 0.8 and res["fit"] in ("loglinear", "boosted")
+    assert weights_flag(res["weights"]).startswith("--weights a=")
+
+
+def test_epoch_caps_bound_every_mixture():
+    caps = np.array([0.3, 0.6, 0.6])
+    w = sample_mixtures(np.array([0.6, 0.2, 0.2]), 50, caps, seed=3)
+    assert np.allclose(w.sum(1), 1) and (w <= caps + 1e-9).all()
+    res = mixsearch(D, np.full(3, 1 / 3), lambda x: TRANSFER.average_loss(x, STEPS), mixtures=12, caps=caps)
+    assert res["weights"]["a"] <= 0.3 + 1e-6  # the law wants more of a than the cap allows
+    with pytest.raises(ValueError, match=r"epoch caps allow at most 0\.900"):
+        cap_weights(np.full(3, 1 / 3), np.array([0.3, 0.3, 0.3]))
+    with pytest.raises(ValueError, match="at least 6 mixtures"):
+        mixsearch(D, np.full(3, 1 / 3), lambda x: 0.0, mixtures=3)
+
+
+def test_cli_trains_proxies_and_prints_weights(tmp_path, ray_session):
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+    from pipelines.recipe import parse_recipe
+    from pipelines.runner import run
+    from tests.conftest import prose, write_jsonl
+
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"id": f"a{i}", "text": prose(i % 5) + f" {i}"} for i in range(30)])
+    write_jsonl(tmp_path / "in" / "b.jsonl", [{"id": f"b{i}", "text": prose(i + 9)} for i in range(30)])
+    text = (
+        f"inputs:\n  - {{path: {tmp_path}/in/a.jsonl, domain: a, id_field: id}}\n"
+        f"  - {{path: {tmp_path}/in/b.jsonl, domain: b, id_field: id}}\n"
+        f"stages:\n  - {{op: tokenize}}\n  - {{op: split, holdout_fraction: 0.1}}\noutput: {{dir: {tmp_path}/run}}\n"
+    )
+    run(parse_recipe(text), recipe_text=text)
+    write_jsonl(tmp_path / "eval.jsonl", [{"text": prose(i)} for i in range(4)])
+    res = CliRunner().invoke(
+        app,
+        ["mixsearch", str(tmp_path / "run"), "--eval", str(tmp_path / "eval.jsonl"), "--mixtures", "6", "--steps", "2",
+         "--global-batch", "2", "--seq-len", "16", "--compact-vocab", "64", "-o", str(tmp_path / "ms")],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "--mixer static --weights a=" in res.output
+    rec = __import__("json").loads((tmp_path / "ms" / "mixsearch.json").read_text())
+    assert len(rec["losses"]) == 6 and abs(sum(rec["weights"].values()) - 1) < 1e-6
