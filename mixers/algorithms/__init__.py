@@ -10,6 +10,8 @@
 ``dga``          :mod:`.dga`     mirror descent on gradient alignment with a target (``report_alignment``)
 ``odm``          :mod:`.odm`     EXP3 bandit rewarded by training loss (``report``)
 ``doremi``       :mod:`.doremi`  excess loss over a reference model (``report`` with ``ref_loss_sum``)
+``ado``          :mod:`.ado`     prior × learning speed from per-domain loss power laws (``report``)
+``schedule``     :mod:`.static`  given weights from given steps on (a timetable)
 ===============  ==============  ===========================================================
 
 :mod:`.base` holds the interface (:class:`~.base.MixingAlgorithm`), the feedback type and the
@@ -23,7 +25,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from mixers.algorithms import aioli, dga, doremi, odm, static  # noqa: F401  (each registers its mixers)
+from mixers.algorithms import ado, aioli, dga, doremi, odm, static  # noqa: F401  (each registers its mixers)
 from mixers.algorithms.base import REGISTRY, MixingAlgorithm
 
 

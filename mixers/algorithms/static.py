@@ -1,12 +1,14 @@
-"""Mixers that never move: user weights (static), uniform (stratified), size^(1/T) (temperature)."""
+"""Mixers that never move on feedback: user weights (static), uniform (stratified), size^(1/T) (temperature), and a
+timetable of static mixtures (schedule)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Mapping
 from typing import Any
 
-from mixers.algorithms.base import MixingAlgorithm, normalize_weights, register
+from mixers.algorithms.base import MixingAlgorithm, Planned, normalize_weights, register
 
 
 def parse_weights(spec: str | Mapping[str, float]) -> dict[str, float]:
@@ -88,3 +90,48 @@ class Temperature(MixingAlgorithm):
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "temperature": self.temperature}
+
+
+@register("schedule")
+class Scheduled(MixingAlgorithm):
+    """A timetable of static mixtures: each phase's weights apply from its start step on. Needs no feedback.
+
+    A pure function of the step, so a resumed or replicated server serves the same phases.
+
+    Args:
+        phases: ``[[start_step, weights], …]`` with the first start 0 and starts increasing; weights as
+            for ``static`` (a mapping, JSON text or ``a=0.5,b=0.5``). Also as JSON text.
+    """
+
+    def __init__(
+        self, domains: list[str], *, token_counts: Mapping[str, int], phases: str | list | None = None
+    ) -> None:
+        super().__init__(domains, token_counts=token_counts)
+        if isinstance(phases, str):
+            try:
+                phases = json.loads(phases)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"schedule: `phases` is not valid JSON ({e.msg}): {phases!r}") from None
+        if not isinstance(phases, list) or not phases:
+            raise ValueError(
+                'schedule: `phases` is required, e.g. [[0, {"web": 0.7, "code": 0.3}], [1000, "web=0.5,code=0.5"]]'
+            )
+        starts, mixes = [], []
+        for i, p in enumerate(phases):
+            if not isinstance(p, list | tuple) or len(p) != 2 or isinstance(p[0], bool) or not isinstance(p[0], int):
+                raise ValueError(f"schedule: phases[{i}] must be [start_step, weights], got {p!r}")
+            starts.append(p[0])
+            mixes.append(normalize_weights(parse_weights(p[1]), self.domains, f"schedule: phases[{i}] weights"))
+        if starts[0] != 0 or any(b <= a for a, b in itertools.pairwise(starts)):
+            raise ValueError(f"schedule: phase starts must begin at 0 and increase, got {starts}")
+        self.starts, self.mixes = starts, mixes
+
+    def phase(self, step: int) -> int:
+        return max(i for i, s in enumerate(self.starts) if s <= step)
+
+    def weights(self) -> dict[str, float]:
+        return dict(self.mixes[0])
+
+    def plan(self, step: int) -> Planned | None:
+        i = self.phase(step)
+        return Planned(dict(self.mixes[i]), f"schedule:phase{i}")

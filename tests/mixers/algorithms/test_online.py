@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from mixers.algorithms import build
+from mixers.algorithms.ado import fit_power_law
 from mixers.algorithms.aioli import normalize_interactions, probe_matrix, solve_interactions
 from mixers.algorithms.base import REPORT, REPORT_EVAL, Feedback
 from mixers.server.sampler import exact_counts, place_exact
@@ -252,3 +253,40 @@ def test_state_round_trip_mid_round_continues_identically(name, params, law):
         if step >= 37:
             assert a.weights() == b.weights() and a.plan(step + 1) == b.plan(step + 1)
             assert a.state_dict() == b.state_dict()
+
+
+# ---------------------------------------------------------------- ADO and schedules
+
+
+def test_ado_power_law_fit_recovers_a_known_curve():
+    n = np.linspace(1e4, 1e6, 60)
+    eps, beta, alpha = fit_power_law(n, 2.0 + 30.0 * n**-0.3)
+    assert beta == pytest.approx(30.0, rel=0.5)
+    assert alpha == pytest.approx(0.3, abs=0.05) and eps == pytest.approx(2.0, abs=0.3)
+
+
+def test_ado_beats_stratified_on_simulated_laws():
+    for seed in (0, 1, 2):
+        for law, margin in ((HEADROOM, 0.02), (TRANSFER, 0.005)):
+            _, strat = simulate("stratified", law, seed, noise=0.02)
+            algo, ado = simulate("ado", law, seed, noise=0.02, warmup=50, update_every=25)
+            assert algo.skipped == 0 and algo.last_speed is not None
+            assert ado.average_loss < strat.average_loss - margin
+    algo, _ = simulate("ado", HEADROOM, 0, noise=0.02, warmup=50, update_every=25)
+    w = algo.weights()
+    assert w["a"] > w["b"] and w["a"] > w["c"]  # the domain with headroom learns fastest
+
+
+def test_ado_and_schedule_reject_bad_settings():
+    with pytest.raises(ValueError, match="ado: `prior` must be 'tokens' or 'uniform'"):
+        build("ado", D, COUNTS, prior="zipf")
+    with pytest.raises(ValueError, match="phase starts must begin at 0 and increase"):
+        build("schedule", D, COUNTS, phases=[[5, "a=1"], [2, "b=1"]])
+    with pytest.raises(ValueError, match=r"phases\[0\] must be \[start_step, weights\]"):
+        build("schedule", D, COUNTS, phases=[[True, "a=1"]])
+
+
+def test_schedule_is_a_pure_function_of_the_step():
+    algo = build("schedule", D, COUNTS, phases='[[0, "a=1,b=1"], [100, {"c": 1}]]')
+    assert algo.plan(0).weights == {"a": 0.5, "b": 0.5, "c": 0.0} and algo.plan(99).reason == "schedule:phase0"
+    assert algo.plan(100).weights == {"a": 0.0, "b": 0.0, "c": 1.0} and algo.plan(10**6).reason == "schedule:phase1"

@@ -168,3 +168,55 @@ def test_grouped_messages_never_wait_for_steps_that_need_the_trainers_feedback(s
     assert s1.state_dict()["server"]["schedule"] == s5.state_dict()["server"]["schedule"]
     s1.close()
     s5.close()
+
+
+def _power_law_train(location: str, steps: int, state=None) -> tuple[list, MixtureStream]:
+    """Report training losses that fall like power laws, fastest for 'a' (so ADO prefers it)."""
+    s = MixtureStream(location, prefetch=2, reconnect_timeout=30)
+    if state is not None:
+        s.load_state_dict(state)
+    speed = {"a": 0.5, "b": 0.2, "c": 0.05}
+    got = []
+    for b in s:
+        names = [s.domains[i] for i in b["domain"].tolist()]
+        loss = torch.tensor([2.0 + 3.0 * (1 + b["step"]) ** -speed[d] for d in names])
+        s.report(b["step"], loss, b["domain"])
+        got.append((b["step"], b["domain"].numpy().copy()))
+        if len(got) == steps:
+            break
+    return got, s
+
+
+@pytest.mark.parametrize(
+    "mixer, params",
+    [
+        ("ado", {"warmup": 6, "update_every": 4, "gamma": 0.0}),
+        ("schedule", {"phases": [[0, "a=1,b=1,c=1"], [9, "a=0.8,b=0.1,c=0.1"], [17, "c=1"]]}),
+    ],
+)
+def test_ado_and_schedules_survive_a_restart_mid_run(serve, mixer, params):
+    config = MixerConfig(
+        seq_len=32, global_batch=8, seed=3, mixer=mixer, mixer_params=params, feedback_lag=2, prefetch=3
+    )
+    ref, s = _power_law_train(serve(config).location, 24)
+    whole = s.state_dict()["server"]
+    s.close()
+    first = serve(config)
+    head, s = _power_law_train(first.location, 11)
+    state = s.state_dict()
+    s.close()
+    first.close()
+    tail, s2 = _power_law_train(serve(config, state=state["server"]).location, 13, state=state)
+    end = s2.state_dict()["server"]
+    s2.close()
+    assert [g[0] for g in head + tail] == list(range(24))
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(ref, head + tail))  # the same batches
+    assert end["schedule"] == whole["schedule"] and end["mixer"] == whole["mixer"]
+    reasons = [e["reason"] for e in whole["schedule"]]
+    if mixer == "ado":
+        assert any(r.startswith("ado@") for r in reasons)
+        last = [e for e in whole["schedule"] if e["reason"].startswith("ado@")][-1]["weights"]
+        assert last["a"] > last["b"] > last["c"]
+    else:
+        assert [e["step"] for e in whole["schedule"] if e["reason"].startswith("schedule:")] == [9, 17]
+        assert all(d == 2 for d in ref[20][1].tolist())  # phase 2 serves only c
