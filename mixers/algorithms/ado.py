@@ -12,7 +12,8 @@ with μ the prior (the run's token distribution, ``prior: tokens``, or uniform).
 deterministic and cheap: for ε_i on a small grid below the smallest smoothed loss seen, a least-
 squares line of log(L − ε) on log n; the best residual wins. This follows the paper's idea
 (scaling-law fits → preference for fast-learning domains, smoothed over time) without its
-credit-assignment refinements; the simulated and real-text comparisons are in BENCHMARKS.md.
+credit-assignment refinements; its comparison on simulated mixing laws is in BENCHMARKS.md (none on
+real text yet).
 
 Feedback: ``report`` every step. State: per-domain tokens and a bounded history of
 (tokens, smoothed loss) points, the current policy and the step count.
