@@ -216,6 +216,12 @@ def mixsearch_run(
         raise ValueError(f"{run}: no train tokens")
     budget = steps * global_batch * seq_len
     caps = None if epoch_cap is None else np.minimum(1.0, epoch_cap * have / budget)
+    if model.get("compact_vocab"):  # one map for every proxy (built once: it reads the whole train split)
+        from mixers.tools.train import VocabMap
+
+        vocab = out / "vocab.json"
+        vocab.write_text(json.dumps(VocabMap.from_run(run, model.pop("compact_vocab")).kept))
+        model["vocab_map"] = str(vocab)
     evaluate = proxy_evaluator(run, evals, out, steps, global_batch, seq_len, seed, **model)
     record = mixsearch(domains, have / have.sum(), evaluate, mixtures, caps, seed)
     record.update(run=run, eval=evals, tokens_per_proxy=budget, epoch_cap=epoch_cap)
