@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from mixers.algorithms.base import REPORT, Feedback, MixingAlgorithm, register
+from mixers.algorithms.base import EveryStepPolicy, Feedback, register
 from mixers.checks import check_int, check_number
 
 EPS_GRID = (0.0, 0.25, 0.5, 0.75, 0.9, 0.97)
@@ -48,7 +48,7 @@ def fit_power_law(n: np.ndarray, loss: np.ndarray) -> tuple[float, float, float]
 
 
 @register("ado")
-class ADO(MixingAlgorithm):
+class ADO(EveryStepPolicy):
     """Adaptive data optimization: weights toward domains whose fitted loss curve still falls fast.
 
     Args:
@@ -60,8 +60,6 @@ class ADO(MixingAlgorithm):
         window: fit points kept per domain (the most recent).
         prior: ``tokens`` (the run's token distribution) or ``uniform``.
     """
-
-    feedback_kinds = frozenset({REPORT})
 
     def __init__(
         self,
@@ -97,12 +95,6 @@ class ADO(MixingAlgorithm):
         self._hist: list[list[list[float]]] = [[] for _ in self.domains]  # [[tokens, smoothed loss], …]
         self.t = 0
         self.last_speed: list[float] | None = None
-
-    def needs(self, step: int) -> frozenset[str]:
-        return frozenset({REPORT})
-
-    def weights(self) -> dict[str, float]:
-        return dict(zip(self.domains, self._pi.tolist()))
 
     def update(self, feedback: Feedback) -> dict[str, float] | None:
         losses = feedback.train_loss()

@@ -227,3 +227,18 @@ def normalize_weights(weights: Mapping[str, float], domains: list[str], where: s
     if total <= 0:
         raise ValueError(f"{where}: weights must have a positive sum, got {dict(weights)}")
     return {d: w / total for d, w in out.items()}
+
+
+class EveryStepPolicy(MixingAlgorithm):
+    """An algorithm that takes ``report`` for every step and keeps its mixture in ``self._pi``
+    (an array over ``self.domains``): ODM and ADO."""
+
+    feedback_kinds = frozenset({REPORT})
+    _pi: Any
+
+    def needs(self, step: int) -> frozenset[str]:
+        return frozenset({REPORT})
+
+    def weights(self) -> dict[str, float]:
+        return dict(zip(self.domains, self._pi.tolist()))
+

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from mixers.algorithms.base import REPORT, Feedback, MixingAlgorithm, register
+from mixers.algorithms.base import EveryStepPolicy, Feedback, register
 from mixers.checks import check_number
 
 VARIANTS = ("exp3", "smoothed_mean")
@@ -32,15 +32,13 @@ def exploration(t: int, k: int) -> float:
 
 
 @register("odm")
-class ODM(MixingAlgorithm):
+class ODM(EveryStepPolicy):
     """Online data mixing: a bandit over domains rewarded by their training loss.
 
     Args:
         variant: ``exp3`` or ``smoothed_mean``.
         gamma: smoothing of the rewards, in [0, 1) (paper: 0.9).
     """
-
-    feedback_kinds = frozenset({REPORT})
 
     def __init__(
         self, domains: list[str], *, token_counts: Mapping[str, int], variant: str = "exp3", gamma: float = 0.9
@@ -57,12 +55,6 @@ class ODM(MixingAlgorithm):
         self._reward = np.zeros(len(self.domains)) if variant == "exp3" else np.where(self._live, 1.0, 0.0)
         self._pi = self._live / k
         self.t = 0  # steps of feedback taken
-
-    def needs(self, step: int) -> frozenset[str]:
-        return frozenset({REPORT})
-
-    def weights(self) -> dict[str, float]:
-        return dict(zip(self.domains, self._pi.tolist()))
 
     def update(self, feedback: Feedback) -> dict[str, float] | None:
         losses = feedback.train_loss()
