@@ -241,4 +241,3 @@ class EveryStepPolicy(MixingAlgorithm):
 
     def weights(self) -> dict[str, float]:
         return dict(zip(self.domains, self._pi.tolist()))
-
