@@ -304,6 +304,28 @@ def mixsearch_cmd(
     print(f"sluice serve {run} --mixer static {rec['weights_flag']}")
 
 
+@app.command("export")
+def export_cmd(
+    run: str = typer.Argument(..., help="A curated, tokenized run."),
+    out: str = typer.Option(..., "-o", "--out", help="Directory for the exported files (outside the run)."),
+    fmt: str = typer.Option("megatron", "--format", help="megatron (.bin/.idx per domain and split)."),
+) -> None:
+    """Write a tokenized run in a format trainers read (Megatron-LM indexed datasets), with its lineage."""
+    from storage.export import export
+    from storage.run import UnsafePathError
+
+    try:
+        rec = export(run, out, fmt)
+    except UnsafePathError as e:
+        err.print(f"[red]refused:[/red] {e}", highlight=False)
+        raise typer.Exit(2) from None
+    except (ValueError, OSError) as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(2) from None
+    for f in rec["files"]:
+        print(f"{out}/{f['prefix']}.bin/.idx: {f['documents']:,} documents, {f['tokens']:,} tokens ({f['dtype']})")
+
+
 @app.command("demo-data")
 def demo_data(
     dest: Path = typer.Argument(Path("data/demo"), help="Directory to write the demo corpus into."),
