@@ -138,6 +138,14 @@ class Operator(ABC):
         """Counters since the last call for the manifest's stage report (the runner sums them); none by default."""
         return {}
 
+    #: the key of the stage report under which the summed counters are recorded
+    metrics_key: ClassVar[str] = "generation"
+
+    @classmethod
+    def finish_metrics(cls, metrics: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        """The summed counters as the manifest records them (e.g. counts derived from them); as they are by default."""
+        return metrics
+
     @abstractmethod
     def apply(self, batch: pa.Table, active: np.ndarray) -> pa.Table:
         """Process the rows where ``active`` is true; return all rows."""

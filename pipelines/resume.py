@@ -84,6 +84,8 @@ class FileHashes:
                 return f"{dist}=={metadata.version(dist)}" if dist else value
             except metadata.PackageNotFoundError:
                 return value
+        if "://" not in value and not os.path.exists(value) and "=" in value:
+            value = value.partition("=")[0]  # an eval set given as PATH=DOMAIN
         if "://" in value or not os.path.exists(value):
             return None
         if os.path.isfile(value):

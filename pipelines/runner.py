@@ -16,8 +16,9 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+from operators.base import REGISTRY
 from pipelines.readers import INPUT_ERRORS
-from pipelines.recipe import Recipe, duplicate_ids_fail
+from pipelines.recipe import Recipe, duplicate_ids_fail, stage_params
 from pipelines.resume import FileHashes, fingerprint, input_state, sluice_version, stage_files, what_changed
 from pipelines.segments import SegmentRecord, plan_segments, run_segment
 from pipelines.stats import sum_nested
@@ -271,7 +272,9 @@ def build_manifest(
         if plus:  # rows_out = rows_in + added - removed
             entry["added"] = plus
         if st.stage_name in metrics_by:
-            entry["report"] = {**(entry["report"] or {}), "generation": metrics_by[st.stage_name]}
+            cls = REGISTRY[st.op]
+            done = cls.finish_metrics(metrics_by[st.stage_name], stage_params(st))
+            entry["report"] = {**(entry["report"] or {}), cls.metrics_key: done}
         stages.append(entry)
         rows = out
     segments = [
