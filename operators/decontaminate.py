@@ -14,12 +14,23 @@ from operators.base import AtLeastOne, Operator, mark_removed, register
 from storage.evalsets import load_eval_set
 from storage.schema import with_column
 
-_WORD_RE = re.compile(r"\w+")
+#: a token: a run of non-space characters; matched without its punctuation
+_TOKEN_RE = re.compile(r"\S+")
+_NON_WORD = re.compile(r"\W+")
+_WORD_RE = re.compile(r"\w")
 
 
-def words(text: str) -> list[re.Match]:
-    """The words of ``text`` for matching (NFC, case-folded later), with their spans in the original text."""
-    return list(_WORD_RE.finditer(unicodedata.normalize("NFC", text) if not text.isascii() else text))
+def words(text: str) -> list[tuple[re.Match, str]]:
+    """The words of ``text`` for matching — whitespace-separated tokens, case-folded, punctuation
+    dropped ("It's," and "its" match; "x(y)" and "xy" too) — with their spans in the original text;
+    tokens of punctuation only are skipped."""
+    text = unicodedata.normalize("NFC", text) if not text.isascii() else text
+    out = []
+    for m in _TOKEN_RE.finditer(text):
+        w = _NON_WORD.sub("", m.group()).casefold()
+        if w:
+            out.append((m, w))
+    return out
 
 
 def _key(ws: list[str]) -> int:
@@ -32,15 +43,18 @@ class Decontaminate(Operator):
     (``mode: document``, reason ``decontaminated``), or only the overlapping spans (``mode: spans``;
     a document left without a word is removed as ``decontaminated_empty``).
 
-    Matching normalizes both sides the same way — NFC, case-folded ``\\w+`` words — and never changes
-    the stored text except the spans ``mode: spans`` cuts. Every n-gram of every example is hashed
-    into one table (examples shorter than ``ngram`` words but at least ``min_words`` long match as a
-    whole). Eval sets use the format of :mod:`storage.evalsets`; the manifest records, per set, the
-    documents it hit and how many of its examples were found (``items_found``).
+    Matching normalizes both sides the same way — NFC, case-folded words with inner punctuation
+    dropped — and never changes the stored text except the spans ``mode: spans`` cuts. Every n-gram
+    of every example is hashed into one table. An example shorter than ``2·ngram + 2`` words is
+    matched with shorter n-grams, n = max(``min_words``, ⌈len/2⌉ − 1), so that a light edit in its
+    middle (one word changed) still leaves a whole n-gram on one side; examples shorter than
+    ``min_words`` are not matched. Eval sets use the format of :mod:`storage.evalsets`; the manifest
+    records, per set, the documents it hit and how many of its examples were found (``items_found``).
 
     Args:
         eval_sets: eval-set files (``PATH`` or ``PATH=DOMAIN``).
-        ngram: words per n-gram (13, as GPT-3 and many decontamination pipelines).
+        ngram: words per n-gram for examples of at least 2·ngram + 2 words (13, as GPT-3 and many
+            decontamination pipelines).
         min_words: examples shorter than this many words are not matched (too generic).
         mode: ``document`` or ``spans``.
     """
@@ -65,10 +79,10 @@ class Decontaminate(Operator):
             path, _, domain = spec.partition("=")
             examples = load_eval_set(path, domain or None)
             for ei, ex in enumerate(examples):
-                ws = [m.group().casefold() for m in words(ex.text)]
+                ws = [w for _, w in words(ex.text)]
                 if len(ws) < min_words:
                     continue
-                size = min(self.n, len(ws))
+                size = min(self.n, max(min_words, -(-len(ws) // 2) - 1))
                 self.lengths.add(size)
                 for i in range(len(ws) - size + 1):
                     self.table.setdefault(_key(ws[i : i + size]), (si, ei))
@@ -76,8 +90,8 @@ class Decontaminate(Operator):
 
     def _hits(self, text: str) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         """(spans of ``text`` covered by matching n-grams, the (set, example) pairs they match)."""
-        ms = words(text)
-        ws = [m.group().casefold() for m in ms]
+        pairs = words(text)
+        ms, ws = [m for m, _ in pairs], [w for _, w in pairs]
         spans, found = [], []
         for size in self.lengths:
             for i in range(len(ws) - size + 1):
