@@ -6,7 +6,7 @@ Which op lives where (the op names recipes use):
 - ``normalize``: :mod:`operators.normalize` — ``length``, ``gopher_quality``, ``gopher_repetition``,
   ``c4``, ``fineweb_quality``: :mod:`operators.heuristics` (word splitting in :mod:`operators.words`)
 - ``input_ids``: :mod:`operators.ids` — ``exact_dedup`` and ``minhash_dedup``: :mod:`operators.dedup`
-- ``decontaminate``: :mod:`operators.decontaminate` (n-gram overlap with eval sets)
+- ``decontaminate``: :mod:`operators.decontaminate` (n-gram overlap with eval sets) — ``pii``: :mod:`operators.pii`
 - ``tokenize``: :mod:`operators.tokenize` — ``split``: :mod:`operators.split`
 - ``percentile_filter``: :mod:`operators.percentile` — ``perplexity``: :mod:`operators.perplexity`
 - ``quality_classifier``: :mod:`operators.classifier` — ``betr``: :mod:`operators.betr`
@@ -24,6 +24,7 @@ FAMILIES = (
     "dedup.exact",
     "dedup.minhash",
     "decontaminate",
+    "pii",
     "faults",
     "tokenize",
     "split",
