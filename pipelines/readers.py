@@ -45,6 +45,7 @@ class FileTask:
     id_field: str | None
     dedupe_ids: bool = False  # later repeats of an id within this file -> input_duplicate_id
     excluded: str | None = None  # why the file is left out: it becomes one input_excluded row
+    tolerate_errors: bool = False  # its input says `on_input_error: continue`
 
 
 def detect_format(path: str, declared: str) -> str:
@@ -252,7 +253,10 @@ class InputDatasource(Datasource):
             for path, why in sorted(entries):
                 uri = f"{scheme}://{path}" if scheme and scheme != "file" else path
                 fmt = detect_format(path, inp.format)
-                self.tasks.append(FileTask(uri, path, inp.domain, fmt, inp.text_field, inp.id_field, dedupe, why))
+                tolerate = inp.on_input_error == "continue"
+                self.tasks.append(
+                    FileTask(uri, path, inp.domain, fmt, inp.text_field, inp.id_field, dedupe, why, tolerate)
+                )
         self.stats = stats
 
     def estimate_inmemory_data_size(self) -> int | None:

@@ -18,7 +18,7 @@ from importlib import metadata
 from typing import Any
 
 from pipelines.recipe import Recipe, stage_params
-from storage.fs import list_input, resolve
+from storage.fs import resolve
 from storage.run import STAGES, atomic_write
 
 logger = logging.getLogger(__name__)
@@ -38,16 +38,17 @@ def sluice_version() -> str:
         return "unknown"
 
 
-def input_state(recipe: Recipe) -> dict[str, list]:
-    """``{path: [size, mtime_ns]}`` of every file the recipe's inputs match (excluded ones included)."""
+def input_state(tasks: list[Any]) -> dict[str, list]:
+    """``{path: [size, mtime_ns]}`` of every file the inputs' read tasks (``InputDatasource.tasks``) name,
+    excluded ones included: the listing the run reads, stat'ed once."""
     out: dict[str, list] = {}
-    for inp in recipe.inputs:
-        fs, _ = resolve(inp.path)
-        listing = list_input(inp.path, inp.exclude)
-        paths = listing.files + [p for p, _ in listing.excluded]
-        for info in fs.get_file_info(paths) if paths else []:
-            mtime = info.mtime_ns if info.mtime is not None else None
-            out[info.path] = [info.size, mtime]
+    by_fs: dict[int, tuple[Any, list[str]]] = {}
+    for t in tasks:
+        fs, _ = resolve(t.uri)
+        by_fs.setdefault(id(fs) if "://" in t.uri else 0, (fs, []))[1].append(t.path)
+    for fs, paths in by_fs.values():
+        for info in fs.get_file_info(paths):
+            out[info.path] = [info.size, info.mtime_ns if info.mtime is not None else None]
     return out
 
 

@@ -22,7 +22,7 @@ from pipelines.recipe import Recipe, duplicate_ids_fail, stage_params
 from pipelines.resume import FileHashes, fingerprint, input_state, sluice_version, stage_files, what_changed
 from pipelines.segments import SegmentRecord, plan_segments, run_segment
 from pipelines.stats import sum_nested
-from storage.fs import expand_input, resolve
+from storage.fs import resolve
 from storage.manifest import ConservationError, RunContents, assemble, write_manifest
 from storage.run import PROBE, STAGES, RunDir, UnsafePathError
 from storage.schema import INPUT_STAGE
@@ -52,7 +52,7 @@ def check_output_writable(out_dir: str) -> None:
             RunDir(out_dir).delete(PROBE)
 
 
-def warn_if_short_of_space(out_dir: str, recipe: Recipe) -> int | None:
+def warn_if_short_of_space(out_dir: str, inputs: dict[str, list]) -> int | None:
     """Warn before any work when a local output filesystem has less free space than the inputs take.
 
     A run writes about what it reads (zstd Parquet shards and removed rows, plus the checkpoint
@@ -66,11 +66,7 @@ def warn_if_short_of_space(out_dir: str, recipe: Recipe) -> int | None:
         return None
     _, root = resolve(out_dir)
     free = shutil.disk_usage(root).free
-    need = 0
-    for inp in recipe.inputs:
-        fs, _ = resolve(inp.path)
-        files = expand_input(inp.path)
-        need += sum(i.size or 0 for i in fs.get_file_info(files)) if files else 0
+    need = sum(size or 0 for size, _ in inputs.values())  # the input listing's sizes (see input_state)
     if free < need:
         logger.warning(
             "output %s has %.1f MB free but the inputs take %.1f MB; a run writes about as much as it reads "
@@ -108,10 +104,12 @@ def _run(recipe: Recipe, rd: RunDir, out_dir: str, recipe_text: str) -> dict:
     import ray.data
 
     from pipelines.cluster import accelerators, describe_cluster, init_ray
+    from pipelines.readers import InputDatasource
 
-    warn_if_short_of_space(out_dir, recipe)
+    source = InputDatasource(recipe.inputs)  # the one listing of the inputs: read, fingerprinted, sized
+    inputs = input_state(source.tasks)
+    warn_if_short_of_space(out_dir, inputs)
     root = rd.root
-    inputs = input_state(recipe)
     hashes = FileHashes(out_dir)
     files = stage_files(recipe, hashes)
     hashes.save()
@@ -151,7 +149,7 @@ def _run(recipe: Recipe, rd: RunDir, out_dir: str, recipe_text: str) -> dict:
         names = [s.stage_name for s in recipe.stages[seg.start : seg.end]] or ["read"]
         logger.info("[%d/%d] running %s", seg.index + 1, len(segments), " → ".join(names))
         try:
-            rec = run_segment(recipe, seg, ckdir, rd, last, records, gpus)
+            rec = run_segment(recipe, seg, ckdir, rd, last, records, gpus, source)
         except OSError as e:  # a full disk, lost permissions, object storage errors: say where, and how to go on
             cause = getattr(e, "cause", None)  # a RayTaskError carries the task's own exception
             cause = cause if isinstance(cause, BaseException) else e
@@ -175,7 +173,7 @@ def _run(recipe: Recipe, rd: RunDir, out_dir: str, recipe_text: str) -> dict:
     write_manifest(out_dir, manifest)
     if not manifest["conservation"]["ok"]:
         raise ConservationError(manifest["conservation"]["message"])
-    _fail_on_input_errors(recipe, manifest)
+    _fail_on_input_errors(source.tasks, manifest)
     return manifest
 
 
@@ -196,12 +194,8 @@ def _check_ids(recipe: Recipe, rd: RunDir, rec: SegmentRecord) -> None:
     )
 
 
-def _fail_on_input_errors(recipe: Recipe, manifest: dict) -> None:
-    tolerated = set()
-    for inp in recipe.inputs:
-        if inp.on_input_error == "continue":
-            scheme = inp.path.split("://", 1)[0] if "://" in inp.path else None
-            tolerated |= {f"{scheme}://{p}" if scheme and scheme != "file" else p for p in expand_input(inp.path)}
+def _fail_on_input_errors(tasks: list, manifest: dict) -> None:
+    tolerated = {t.uri for t in tasks if t.tolerate_errors}
     bad = [e for e in manifest.get("input_errors", []) if e["source"] not in tolerated]
     if bad:
         shown = "; ".join(f"{e['source']}: {e['error']}" for e in bad[:3]) + (" …" if len(bad) > 3 else "")

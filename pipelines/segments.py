@@ -189,13 +189,14 @@ def run_segment(
     last: bool,
     records: list[SegmentRecord],
     gpus: int,
+    source: Any,
 ) -> SegmentRecord:
-    """Run ``seg`` after the segments in ``records`` (the previous one's checkpoint is its input)."""
+    """Run ``seg`` after the segments in ``records`` (the previous one's checkpoint is its input; the
+    first reads ``source``, the run's :class:`~pipelines.readers.InputDatasource`)."""
     import ray
     import ray.data
 
     from pipelines.cluster import lost_workers
-    from pipelines.readers import InputDatasource
     from pipelines.stats import RunStats
 
     out_dir = rd.uri
@@ -204,7 +205,7 @@ def run_segment(
     lost_before = lost_workers()
     stats = RunStats.remote()
     if prev is None:
-        source = InputDatasource(recipe.inputs, stats)
+        source.stats = stats
         ds = ray.data.read_datasource(source, override_num_blocks=max(1, len(source.get_read_tasks(1))))
         rows_in = None
     else:

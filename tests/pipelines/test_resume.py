@@ -2,6 +2,7 @@
 
 import os
 
+from pipelines.readers import InputDatasource
 from pipelines.recipe import Recipe
 from pipelines.resume import FileHashes, fingerprint, input_state, stage_files, what_changed
 from pipelines.segments import SegmentRecord
@@ -23,7 +24,7 @@ def test_fingerprint_follows_input_files_and_the_files_a_stage_reads(tmp_path):
     (tmp_path / "tok" / "tokenizer.json").write_text('{"v": 1}')
     r = _recipe(tmp_path, str(tmp_path / "tok"))
     hashes = FileHashes(str(tmp_path / "out"))
-    inputs, files = input_state(r), stage_files(r, hashes)
+    inputs, files = input_state(InputDatasource(r.inputs).tasks), stage_files(r, hashes)
     assert list(inputs) == [f"{tmp_path}/in/a.jsonl"] and files[0] == {} and set(files[1]) == {"tokenizer"}
     fp1, fp2 = fingerprint(r, 1, inputs, files), fingerprint(r, 2, inputs, files)
 
@@ -36,7 +37,7 @@ def test_fingerprint_follows_input_files_and_the_files_a_stage_reads(tmp_path):
 
     write_jsonl(tmp_path / "in" / "b.jsonl", [{"text": prose(2)}])  # a new input file
     os.utime(tmp_path / "in" / "a.jsonl", ns=(1, 1))  # and a touched one
-    inputs2 = input_state(r)
+    inputs2 = input_state(InputDatasource(r.inputs).tasks)
     assert fingerprint(r, 1, inputs2, files2) != fp1
     done.recipe_fingerprint = r.fingerprint(1)
     why = what_changed(r, 1, done, inputs2, files2)

@@ -47,8 +47,10 @@ def test_fresh_refuses_a_directory_holding_the_inputs_or_user_files_and_deletes_
     with pytest.raises(UnsafePathError, match=r"holds files Sluice did not write \(notes.txt\)"):
         run(_recipe(inputs, tmp_path / "mine"), fresh=True)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
-    res = CliRunner().invoke(app, ["curate", str(tmp_path / "r.yaml"), "-o", str(tmp_path / "mine"), "--fresh"])
-    assert res.exit_code != 0 and (tmp_path / "mine" / "notes.txt").exists()
+    (tmp_path / "r.yaml").write_text(f"inputs:\n{inputs}\noutput: {{dir: {tmp_path}/mine}}\n")
+    res = CliRunner().invoke(app, ["curate", str(tmp_path / "r.yaml"), "--fresh"])
+    assert res.exit_code == 2 and "refused" in res.output and "notes.txt" in res.output
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
 
 
 def test_fresh_on_a_run_deletes_only_sluices_files_and_reruns(tmp_path):
