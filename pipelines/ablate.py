@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from storage.evalsets import EvalSetError, load_eval_set
 from storage.manifest import read_manifest
-from storage.run import atomic_write
+from storage.run import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def ablate(spec: AblationSpec, out: str | Path) -> dict[str, Any]:
         vocab = out / "vocab.json"
         if not vocab.exists():
             kept = VocabMap.from_run(spec.variants[spec.baseline].run, spec.model.compact_vocab).kept
-            atomic_write_text(vocab, json.dumps(kept))
+            write_text_atomic(vocab, json.dumps(kept))
     init_ray()
     gpus = accelerators()
     task = ray.remote(num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1)(_train)
@@ -184,21 +184,14 @@ def ablate(spec: AblationSpec, out: str | Path) -> dict[str, Any]:
             pending[(name, seed)] = (task.remote(argv), key, done)
     for (name, seed), (ref, key, done) in pending.items():
         res = ray.get(ref)
-        atomic_write_text(done, json.dumps({"key": key, "result": res}))
+        write_text_atomic(done, json.dumps({"key": key, "result": res}))
         results[(name, seed)] = res
     train_tokens = {name: Corpus(v.run).tokens("train") for name, v in spec.variants.items()}
     summary = summarize(spec, results, train_tokens)
-    atomic_write_text(out / "results.json", json.dumps(summary, indent=1))
-    (out / "results.md").write_text(table_md(summary))
-    atomic_write_text(out / "results.html", page(summary, results, spec))
+    write_text_atomic(out / "results.json", json.dumps(summary, indent=1))
+    write_text_atomic(out / "results.md", table_md(summary))
+    write_text_atomic(out / "results.html", page(summary, results, spec))
     return summary
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    import pyarrow.fs as pafs
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(pafs.LocalFileSystem(), str(path.resolve()), text.encode())
 
 
 def _mean_sd(xs: list[float]) -> tuple[float, float]:

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from storage.run import write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 
@@ -220,11 +222,11 @@ def mixsearch_run(
         from mixers.tools.train import VocabMap
 
         vocab = out / "vocab.json"
-        vocab.write_text(json.dumps(VocabMap.from_run(run, model.pop("compact_vocab")).kept))
+        write_text_atomic(vocab, json.dumps(VocabMap.from_run(run, model.pop("compact_vocab")).kept))
         model["vocab_map"] = str(vocab)
     evaluate = proxy_evaluator(run, evals, out, steps, global_batch, seq_len, seed, **model)
     record = mixsearch(domains, have / have.sum(), evaluate, mixtures, caps, seed)
     record.update(run=run, eval=evals, tokens_per_proxy=budget, epoch_cap=epoch_cap)
     record["weights_flag"] = weights_flag(record["weights"])
-    (out / "mixsearch.json").write_text(json.dumps(record, indent=1))
+    write_text_atomic(out / "mixsearch.json", json.dumps(record, indent=1))
     return record

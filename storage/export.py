@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from storage.manifest import read_manifest
-from storage.run import HOLDOUT, SHARDS, TRAIN, RunDir, UnsafePathError, atomic_path, overlap
+from storage.run import HOLDOUT, SHARDS, TRAIN, RunDir, UnsafePathError, atomic_path, overlap, write_text_atomic
 
 INDEX_HEADER = b"MMIDIDX\x00\x00"
 DTYPE_CODES = {np.dtype(np.uint16): 8, np.dtype(np.int32): 4}
@@ -64,9 +64,13 @@ def write_megatron(prefix: Path, docs: list[np.ndarray]) -> dict[str, Any]:
         pointers[1:] = np.cumsum(lengths[:-1].astype(np.int64)) * dtype.itemsize
     record: dict[str, Any] = {"prefix": prefix.name, "dtype": dtype.name, "documents": len(docs)}
     record["tokens"] = int(lengths.sum())
+    data_hash, data_bytes = hashlib.sha256(), 0
     with atomic_path(f"{prefix}.bin") as tmp, open(tmp, "wb") as f:
         for d in docs:
-            f.write(d.astype(dtype, copy=False).tobytes())
+            chunk = d.astype(dtype, copy=False).tobytes()
+            f.write(chunk)
+            data_hash.update(chunk)
+            data_bytes += len(chunk)
     index = b"".join(
         [
             INDEX_HEADER,
@@ -81,9 +85,8 @@ def write_megatron(prefix: Path, docs: list[np.ndarray]) -> dict[str, Any]:
     )
     with atomic_path(f"{prefix}.idx") as tmp:
         Path(tmp).write_bytes(index)
-    for ext in ("bin", "idx"):
-        data = Path(f"{prefix}.{ext}").read_bytes()
-        record[ext] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    record["bin"] = {"bytes": data_bytes, "sha256": data_hash.hexdigest()}
+    record["idx"] = {"bytes": len(index), "sha256": hashlib.sha256(index).hexdigest()}
     return record
 
 
@@ -124,8 +127,7 @@ def export(run_dir: str, dest: str, fmt: str = "megatron") -> dict[str, Any]:
         },
         "files": written,
     }
-    with atomic_path(out / EXPORT_RECORD) as tmp:
-        Path(tmp).write_text(json.dumps(record, indent=1))
+    write_text_atomic(out / EXPORT_RECORD, json.dumps(record, indent=1))
     return record
 
 

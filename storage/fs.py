@@ -40,11 +40,6 @@ class Listing:
     cycles: list[str] = field(default_factory=list)
 
 
-def expand_input(uri: str) -> list[str]:
-    """Files an input names: itself, every file under a directory, or glob matches; sorted."""
-    return list_input(uri).files
-
-
 def list_input(uri: str, exclude: Sequence[str] = ()) -> Listing:
     """Files ``uri`` names (a file, a directory walked recursively, or a glob), nothing skipped silently.
 

@@ -405,6 +405,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
             os.unlink(tmp)
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a local text file through :func:`atomic_path` (its folder created first)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
 def atomic_write(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` through a unique temporary name, then rename: readers see all or nothing."""
     parent = path.rsplit("/", 1)[0]

@@ -7,8 +7,8 @@ import json
 import duckdb
 import pyarrow as pa
 
-from storage.fs import expand_input, resolve
 from storage.manifest import read_manifest
+from storage.run import REMOVED, SHARDS, RunDir
 
 #: whitespace tokens in SQL: runs of non-whitespace (RE2 ``\S+``), what ``str.split()`` counts for ASCII text
 WHITESPACE_TOKENS = r"len(regexp_extract_all(coalesce(text, ''), '\S+'))"
@@ -32,9 +32,10 @@ def columns(con: duckdb.DuckDBPyConnection, view: str) -> set[str]:
     return {r[0] for r in con.execute(f"DESCRIBE {view}").fetchall()}
 
 
-def _parquet_view(con: duckdb.DuckDBPyConnection, name: str, out_dir: str, sub: str, empty: str) -> None:
-    fs, root = resolve(out_dir)
-    files = [p for p in expand_input(f"{root}/{sub}") if p.endswith(".parquet")]
+def _parquet_view(con: duckdb.DuckDBPyConnection, name: str, out_dir: str, sub: str, empty: str) -> list[str]:
+    """Create view ``name`` over the Parquet files under ``sub``; return those files."""
+    run = RunDir(out_dir)
+    fs, files = run.fs, run.parquet(sub)
     if not files:
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {empty}")
     elif "://" not in out_dir:
@@ -49,6 +50,7 @@ def _parquet_view(con: duckdb.DuckDBPyConnection, name: str, out_dir: str, sub: 
         ds = pads.dataset(files, filesystem=fs, format="parquet", partitioning="hive")
         con.register(f"_{name}_arrow", ds)
         con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM _{name}_arrow")
+    return files
 
 
 def connect(out_dir: str, manifest: dict | bool | None = True, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
@@ -60,8 +62,8 @@ def connect(out_dir: str, manifest: dict | bool | None = True, *, read_only: boo
     (``lock_configuration``), so user-supplied SQL expressions can be run on it.
     """
     con = duckdb.connect()
-    _parquet_view(con, "docs", out_dir, "shards", EMPTY_DOCS)
-    _parquet_view(con, "removed", out_dir, "removed", EMPTY_REMOVED)
+    files = _parquet_view(con, "docs", out_dir, SHARDS, EMPTY_DOCS)
+    files += _parquet_view(con, "removed", out_dir, REMOVED, EMPTY_REMOVED)
     if manifest is True:
         manifest = read_manifest(out_dir)
     if manifest:
@@ -109,8 +111,6 @@ def connect(out_dir: str, manifest: dict | bool | None = True, *, read_only: boo
         )
         con.execute("CREATE OR REPLACE VIEW stages AS SELECT * FROM _stages")
     if read_only:
-        _, root = resolve(out_dir)
-        files = [p for sub in ("shards", "removed") for p in expand_input(f"{root}/{sub}") if p.endswith(".parquet")]
         if "://" not in out_dir:
             con.execute("SET allowed_paths = $1", [files or [""]])
         con.execute("SET enable_external_access = false")

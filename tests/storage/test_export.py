@@ -1,5 +1,6 @@
 """sluice export --format megatron: files a reader written from Megatron's index spec reads back exactly."""
 
+import hashlib
 import json
 import struct
 from pathlib import Path
@@ -58,6 +59,9 @@ def test_megatron_files_hold_every_document_in_shard_order(tokenized):
         assert len(seqs) == len(want) == f["documents"] and dtype == np.uint16  # SmolLM2's ids fit uint16
         assert all(np.array_equal(s, w) for s, w in zip(seqs, want))
         assert doc_idx.tolist() == list(range(len(seqs) + 1))
+        for ext in ("bin", "idx"):
+            data = (root / "mega" / f"{f['prefix']}.{ext}").read_bytes()
+            assert f[ext] == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     assert {(f["domain"], f["split"]) for f in rec["files"]} <= {(d, s) for d in "ab" for s in ("train", "holdout")}
     assert rec["source"]["recipe_hash"] and rec["source"]["shards"]
 
