@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 
-from storage.fs import list_input, resolve
+from storage.fs import detect_format, list_input, resolve
 from storage.schema import INPUT_STAGE, READ_SCHEMA, make_id
 
 logger = logging.getLogger(__name__)
@@ -46,19 +46,6 @@ class FileTask:
     dedupe_ids: bool = False  # later repeats of an id within this file -> input_duplicate_id
     excluded: str | None = None  # why the file is left out: it becomes one input_excluded row
     tolerate_errors: bool = False  # its input says `on_input_error: continue`
-
-
-def detect_format(path: str, declared: str) -> str:
-    if declared != "auto":
-        return declared
-    name = path.lower()
-    for ext in (".gz", ".zst", ".zstd"):
-        name = name.removesuffix(ext)
-    if name.endswith((".jsonl", ".json", ".ndjson")):
-        return "jsonl"
-    if name.endswith(".parquet"):
-        return "parquet"
-    return "text"
 
 
 class _Rows:

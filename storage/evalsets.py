@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from storage.fs import list_input, resolve
+from storage.fs import detect_format, list_input, resolve
 
 #: keys that name an example rather than hold its text
 ID_KEYS = frozenset({"id", "_id", "idx", "uid", "qid", "example_id", "doc_id", "domain"})
@@ -67,12 +67,12 @@ def record_text(rec: dict[str, Any], fields: list[str] | None = None) -> str:
 
 def _records(path: str) -> Iterator[tuple[int, Any]]:
     fs, p = resolve(path)
-    name = path.lower()
-    if name.endswith(".parquet"):
+    fmt = detect_format(path)
+    if fmt == "parquet":
         table = pq.read_table(fs.open_input_file(p))
         yield from enumerate(table.to_pylist(), 1)
         return
-    if any(name.removesuffix(ext).endswith((".jsonl", ".json", ".ndjson")) for ext in (".gz", ".zst", ".zstd", "")):
+    if fmt == "jsonl":
         with fs.open_input_stream(p, compression="detect") as f:
             for n, line in enumerate(f.read().decode("utf-8").splitlines(), 1):
                 if line.strip():

@@ -40,6 +40,20 @@ class Listing:
     cycles: list[str] = field(default_factory=list)
 
 
+def detect_format(path: str, declared: str = "auto") -> str:
+    """``jsonl``, ``parquet`` or ``text`` (a document per file) from a file name, unless ``declared``."""
+    if declared != "auto":
+        return declared
+    name = path.lower()
+    for ext in (".gz", ".zst", ".zstd"):
+        name = name.removesuffix(ext)
+    if name.endswith((".jsonl", ".json", ".ndjson")):
+        return "jsonl"
+    if name.endswith(".parquet"):
+        return "parquet"
+    return "text"
+
+
 def list_input(uri: str, exclude: Sequence[str] = ()) -> Listing:
     """Files ``uri`` names (a file, a directory walked recursively, or a glob), nothing skipped silently.
 

@@ -9,7 +9,8 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines.readers import FileTask, detect_format, read_file
+from pipelines.readers import FileTask, read_file
+from storage.fs import detect_format
 from storage.schema import READ_SCHEMA
 
 
