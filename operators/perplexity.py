@@ -207,6 +207,11 @@ class Perplexity(Operator):
         )  # 2-D and contiguous: several times faster on CPU than (B, V, L)
         return (loss.view(b, span) * weight).sum(1).double()
 
+    def perplexities(self, texts: list[str]) -> list[float | None]:
+        """Perplexity per text (of its first ``max_tokens`` tokens; None when nothing is scored)."""
+        nll, count = self.score_ids(self.encode([t[: self.max_tokens * CHARS_PER_TOKEN_CAP] for t in texts]))
+        return [math.exp(a / c) if c else None for a, c in zip(nll.tolist(), count.tolist(), strict=True)]
+
     def apply(self, batch: pa.Table, active: np.ndarray) -> pa.Table:
         idx = np.flatnonzero(active)
         texts = text_heads(batch.column("text").take(pa.array(idx)), self.max_tokens * CHARS_PER_TOKEN_CAP)

@@ -51,6 +51,7 @@ class Variant(BaseModel):
     mixer: str = "stratified"
     params: dict[str, Any] = Field(default_factory=dict)
     weights: dict[str, float] | None = None
+    target: str | None = None  # DGA: the domain whose held-out gradient steers the mixture
 
 
 class ProxyModel(BaseModel):
@@ -113,6 +114,9 @@ def load_spec(path: str | Path) -> AblationSpec:
             raise AblationError(f"variants.{name}.run: {v.run!r} has no tokens; end its recipe with {{op: tokenize}}")
         if "split" not in ops:
             raise AblationError(f"variants.{name}.run: {v.run!r} has no held-out split; add {{op: split}}")
+        domains = {d["domain"] for d in manifest.get("domains") or []}
+        if v.target is not None and domains and v.target not in domains:
+            raise AblationError(f"variants.{name}.target: {v.target!r} is not a domain of {v.run!r} {sorted(domains)}")
     for i, spec_path in enumerate(spec.eval):
         path, _, domain = spec_path.partition("=")
         try:
@@ -138,6 +142,8 @@ def _argv(spec: AblationSpec, v: Variant, seed: int, out: Path, vocab: Path | No
         argv += ["--param", f"{k}={json.dumps(val)}"]
     if v.weights is not None:
         argv += ["--param", f"weights={json.dumps(v.weights)}"]
+    if v.target is not None:
+        argv += ["--target", v.target]
     if vocab is not None:
         argv += ["--vocab-map", str(vocab.resolve())]
     return argv
@@ -255,9 +261,25 @@ def table_md(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def weight_series(histories: list[list[dict[str, Any]]]) -> dict[str, tuple[list[int], list[float]]]:
+    """Per domain, the mixture weight at each logged step, averaged over seeds; empty when the
+    weights never moved (a static mixture has nothing to plot)."""
+    rows = [[h for h in hist if h.get("weights")] for hist in histories]
+    if not rows or not rows[0]:
+        return {}
+    n = min(len(r) for r in rows)
+    steps = [h["step"] for h in rows[0][:n]]
+    out: dict[str, tuple[list[int], list[float]]] = {}
+    for d in rows[0][0]["weights"]:
+        ys = [sum(r[i]["weights"][d] for r in rows) / len(rows) for i in range(n)]
+        out[d] = (steps, ys)
+    moved = any(max(ys) - min(ys) > 1e-6 for _, ys in out.values())
+    return out if moved else {}
+
+
 def page(summary: dict[str, Any], results: dict, spec: AblationSpec) -> str:
-    """One self-contained HTML page in the style of ``sluice report``: the table and the eval-loss
-    curves (mean over seeds) of every variant."""
+    """One self-contained HTML page in the style of ``sluice report``: the table, the eval-loss
+    curves (mean over seeds) of every variant and the weights of every variant whose mixture moved."""
     from pipelines import charts
     from pipelines.report import CSS, note, table
 
@@ -287,6 +309,10 @@ def page(summary: dict[str, Any], results: dict, spec: AblationSpec) -> str:
         table(heads, rows),
         charts.curves(series, "mean eval-set loss (mean over seeds)", "nats/token"),
     ]
+    for name in variants:
+        weights = weight_series([results[(name, s)]["history"] for s in spec.seeds])
+        if weights:
+            body.append(charts.curves(weights, f"{name}: mixture weights (mean over seeds)", "weight"))
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>Sluice ablation</title><style>{CSS}</style></head><body>"

@@ -10,6 +10,13 @@ counted once, under the first rule it fails) they keep at least 99% of it. A rul
 stricter. The result is a recipe whose filter stages are split per calibrated domain, with a
 ``calibration:`` block (the table) that the run's manifest and HTML report carry.
 
+Model scores are calibrated too: a ``quality_classifier`` stage that selects with ``threshold``
+(or a ``perplexity`` stage with ``max_ppl``) gets, per domain, the threshold at which it keeps
+``keep`` of the reference (the reference's ``1 − keep`` quantile of ``quality``, its ``keep``
+quantile of ``ppl``). Unlike a heuristic rule this may be stricter or looser than
+the written value: a selection model's threshold only means something against text one trusts.
+Score the reference with a model that was not trained on it, or the threshold is too optimistic.
+
 Run: ``sluice calibrate recipe.yaml --reference clean/docs.jsonl=docs --reference clean/code/=code -o calibrated.yaml``
 """
 
@@ -111,6 +118,56 @@ def _looser(knob: Knob, current: Any) -> list[Any]:
     ascending = last is not None and last > first  # a max-rule: larger is looser
     looser = [v for v in ladder if v is None or v is False or (v > current if ascending else v < current)]
     return looser
+
+
+@dataclass(frozen=True)
+class Score:
+    """A model-score stage's threshold: the parameter, whether higher scores are kept, how to score."""
+
+    param: str
+    keep_high: bool
+    score: Callable[[Any, list[str]], list[float | None]]
+
+
+#: model-score stages calibration sets a threshold for
+SCORED: dict[str, Score] = {
+    "quality_classifier": Score("threshold", True, lambda op, texts: [float(x) for x in op.predict(texts)]),
+    "perplexity": Score("max_ppl", False, lambda op, texts: op.perplexities(texts)),
+}
+
+
+def score_threshold(scores: Sequence[float], keep: float, keep_high: bool) -> float:
+    """The strictest threshold that removes at most ``1 - keep`` of ``scores``: removal is
+    ``score < t`` when high scores are kept, ``score > t`` otherwise."""
+    s = sorted(scores, reverse=not keep_high)
+    return float(s[int((1.0 - keep) * len(s) + 1e-9)]) if s else 0.0
+
+
+def calibrate_scored(
+    op: str, params: dict[str, Any], reference: list[str], corpus: list[str], keep: float
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The threshold of a model-score stage at which it keeps ``keep`` of ``reference``, and its table row."""
+    spec = SCORED[op]
+    model = REGISTRY[op](stage=op, **{**params, spec.param: None})
+    ref_scores = [x for x in spec.score(model, reference) if x is not None]
+    corpus_scores = [x for x in spec.score(model, corpus) if x is not None] if corpus else []
+    before, after = params[spec.param], round(score_threshold(ref_scores, keep, spec.keep_high), 6)
+
+    def share(scores: list[float], t: float) -> float | None:
+        if not scores:
+            return None
+        return round(sum((x < t) if spec.keep_high else (x > t) for x in scores) / len(scores), 4)
+
+    row = {
+        "param": spec.param,
+        "before": before,
+        "after": after,
+        "reference_removed_before": share(ref_scores, before),
+        "reference_removed_after": share(ref_scores, after),
+        "corpus_removed_before": share(corpus_scores, before),
+        "corpus_removed_after": share(corpus_scores, after),
+    }
+    return {**params, spec.param: after}, [row]
 
 
 def reasons(op: str, params: dict[str, Any], texts: list[str]) -> list[str | None]:
@@ -245,10 +302,11 @@ def calibrate(
         if st.op == "input_ids":
             continue  # added again when the calibrated recipe is read
         raw = {k: v for k, v in st.model_dump().items() if v is not None}
-        if st.op not in KNOBS:
+        params = stage_params(st)
+        scored = st.op in SCORED and params.get(SCORED[st.op].param) is not None
+        if st.op not in KNOBS and not scored:
             stages_out.append(raw)
             continue
-        params = stage_params(st)
         applies = [d for d in corpus if params.get("domains") is None or d in params["domains"]]
         calibrated = [d for d in applies if d in ref]
         if not calibrated:
@@ -260,7 +318,10 @@ def calibrate(
         for d in calibrated:
             texts_ref = _normalize(recipe, i, d, ref[d])
             texts_corpus = _normalize(recipe, i, d, corpus[d])
-            tuned, rows = calibrate_stage(st.op, params, texts_ref, texts_corpus, keep)
+            if scored:
+                tuned, rows = calibrate_scored(st.op, params, texts_ref, texts_corpus, keep)
+            else:
+                tuned, rows = calibrate_stage(st.op, params, texts_ref, texts_corpus, keep)
             changed = {k: _yaml_value(v) for k, v in tuned.items() if v != params[k] and k != "domains"}
             stages_out.append({**raw, "name": f"{st.stage_name}_{d}", "domains": [d], **changed})
             table += [{"stage": st.stage_name, "domain": d, **r} for r in rows]

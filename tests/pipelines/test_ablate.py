@@ -83,3 +83,27 @@ def test_bad_specs_fail_before_training_naming_the_field(runs):
         load_spec(_spec(runs, baseline="x"))
     with pytest.raises(AblationError, match=r"budget.steps: Input should be greater than or equal to 1"):
         load_spec(_spec(runs, budget={"steps": 0}))
+    with pytest.raises(AblationError, match=r"variants.dedup.target: 'code' is not a domain of .* \['web', 'wiki'\]"):
+        variants = {
+            "raw": {"run": str(runs / "raw")},
+            "dedup": {"run": str(runs / "dedup"), "mixer": "dga", "target": "code"},
+        }
+        load_spec(_spec(runs, variants=variants))
+    variants = {
+        "raw": {"run": str(runs / "raw")},
+        "dedup": {"run": str(runs / "dedup"), "mixer": "dga", "target": "wiki"},
+    }
+    assert load_spec(_spec(runs, variants=variants)).variants["dedup"].target == "wiki"
+
+
+def test_weight_series_averages_seeds_and_skips_static_mixtures():
+    from pipelines.ablate import weight_series
+
+    moving = [
+        [{"step": 0, "weights": {"a": 0.5, "b": 0.5}}, {"step": 10, "weights": {"a": 0.7, "b": 0.3}}],
+        [{"step": 0, "weights": {"a": 0.5, "b": 0.5}}, {"step": 10, "weights": {"a": 0.9, "b": 0.1}}],
+    ]
+    series = weight_series(moving)
+    assert series["a"] == ([0, 10], [0.5, 0.8]) and series["b"][1] == [0.5, pytest.approx(0.2)]
+    static = [[{"step": s, "weights": {"a": 0.5, "b": 0.5}} for s in (0, 10)]]
+    assert weight_series(static) == {}

@@ -103,3 +103,55 @@ def test_bad_calls_fail_clearly(setup, tmp_path):
         ],
     )
     assert res.exit_code == 2 and "refused" in res.output
+
+
+def test_score_threshold_keeps_the_requested_share():
+    from pipelines.calibrate import score_threshold
+
+    scores = [i / 100 for i in range(100)]
+    t = score_threshold(scores, 0.9, keep_high=True)
+    assert sum(s < t for s in scores) == 10 and t == 0.1
+    t = score_threshold(scores, 0.9, keep_high=False)
+    assert sum(s > t for s in scores) == 10 and t == 0.89
+
+
+def test_a_classifier_threshold_is_set_to_keep_the_reference(tmp_path):
+    """A quality_classifier stage selecting with `threshold` gets the per-domain threshold that keeps
+    `keep` of the reference, stricter or looser than the written one; the corpus share is recorded."""
+    from operators.classifier import train_classifier
+    from pipelines.calibrate import calibrate
+    from tests.operators.test_classifier import topic_doc
+
+    pos = [{"text": topic_doc("cooking", i)} for i in range(80)]
+    neg = [{"text": topic_doc("sports", i)} for i in range(80)]
+    for name, rows in (("pos", pos), ("neg", neg)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train_classifier(
+        [str(tmp_path / "pos.jsonl")], [str(tmp_path / "neg.jsonl")], str(tmp_path / "q.bin"), epoch=20, bucket=20_000
+    )
+    ref = [topic_doc("cooking", 1000 + i) for i in range(40)]
+    (tmp_path / "ref.jsonl").write_text("".join(json.dumps({"text": t, "domain": "web"}) + "\n" for t in ref))
+    corpus = (
+        ref[:0] + [topic_doc("cooking", 2000 + i) for i in range(20)] + [topic_doc("finance", i) for i in range(20)]
+    )
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus))
+    text = (
+        f"inputs:\n  - {{path: {tmp_path}/corpus.jsonl, domain: web}}\n"
+        f"stages:\n  - {{op: quality_classifier, model: {tmp_path}/q.bin, threshold: 0.999}}\n"
+        f"output: {{dir: {tmp_path}/out}}\n"
+    )
+    recipe = parse_recipe(text)
+    out, record = calibrate(recipe, text, [str(tmp_path / "ref.jsonl")], keep=0.9)
+    (row,) = record["rules"]
+    assert row["param"] == "threshold" and row["before"] == 0.999 and row["after"] < 0.999
+    assert row["reference_removed_before"] > 0.5 and row["reference_removed_after"] <= 0.1
+    stage = next(s for s in load_recipe_text(out).stages if s.op == "quality_classifier")
+    assert stage_params(stage)["threshold"] == row["after"] and stage_params(stage)["domains"] == ["web"]
+    from operators.classifier import QualityClassifier
+
+    q = QualityClassifier(stage="q", model=str(tmp_path / "q.bin")).predict(ref)
+    assert sum(x < row["after"] for x in q) <= 4  # keeps >= 90% of the reference, measured again
+
+
+def load_recipe_text(text):
+    return parse_recipe(text, check_inputs=False)
