@@ -53,6 +53,9 @@ def curate(
         raise typer.Exit(2) from None
     try:
         manifest = run(r, out, fresh=fresh, recipe_text=recipe.read_text())
+    except RecipeError as e:  # found in the data: e.g. an input field that clashes with a Sluice column
+        err.print(f"[red]invalid recipe[/red] {e}", highlight=False)
+        raise typer.Exit(2) from None
     except ConservationError as e:
         err.print(f"[red]conservation check failed:[/red] {e}")
         raise typer.Exit(1) from None

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from operators import load_all
 from operators.base import REGISTRY, params_model, problems
 from storage.fs import list_input
 from storage.run import check_name
+from storage.schema import is_reserved
 
 #: a recipe is a small file: bound what validation will read and expand (aliases can nest)
 MAX_RECIPE_BYTES = 1 << 20
@@ -33,7 +34,8 @@ class InputSpec(BaseModel):
         format: ``jsonl`` (plain, .gz, .zst), ``parquet`` or ``text`` (one document per
             file); ``auto`` picks from the file extension.
         text_field: the field holding the document text (jsonl, parquet).
-        id_field: the field holding a stable id; without it ids are hashed from file and row.
+        id_field: the field holding a stable id, by default the record's own ``id``; a record
+            without it (and every record when ``id_field: null``) gets a hash of file and row.
         exclude: glob patterns (fnmatch; ``*`` also crosses ``/``) of files to leave out, matched
             against the path relative to the input's directory; each excluded file is counted as
             a removed row with reason ``input_excluded``. Version-control folders (``.git``,
@@ -46,8 +48,14 @@ class InputSpec(BaseModel):
         on_duplicate_id: ``error`` (default): two records with the same id fail the run, naming
             both sources; ``remove``: later occurrences (by source path in byte order, then
             position in the file) go to ``removed/`` with reason ``input_duplicate_id``. Applies
-            when the input has an ``id_field``; a duplicate removed only if every input with an
-            ``id_field`` says ``remove``.
+            when the input has an ``id_field`` and is not ``format: text``; a duplicate removed only
+            if every such input says ``remove``.
+        fields: keep only these record fields as metadata columns (default: every field besides
+            the text and id fields; see :mod:`pipelines.metadata`).
+        drop_fields: leave these record fields out (not with ``fields``).
+        rename: ``{field: column}``: store a field under another column name, e.g. one that would
+            clash with a column Sluice writes (``source``, ``score`` names…, see
+            ``storage.schema.RESERVED_COLUMNS``); a clash left unrenamed is an error.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -55,15 +63,58 @@ class InputSpec(BaseModel):
     domain: str
     format: Literal["auto", "jsonl", "parquet", "text"] = "auto"
     text_field: str = "text"
-    id_field: str | None = None
+    id_field: str | None = "id"
     exclude: list[str] = Field(default_factory=list)
     on_input_error: Literal["fail", "continue"] = "fail"
     on_duplicate_id: Literal["error", "remove"] = "error"
+    fields: list[str] | None = None
+    drop_fields: list[str] = Field(default_factory=list)
+    rename: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("domain")
     @classmethod
     def _domain_ok(cls, v: str) -> str:
         return check_name("domain", v)
+
+    @property
+    def keyed(self) -> bool:
+        """Whether records of this input can carry their own id (so repeated ids are possible)."""
+        return self.id_field is not None and self.format != "text"
+
+    @model_validator(mode="after")
+    def _metadata_ok(self) -> InputSpec:
+        """What the metadata options can be checked for without reading data (clashes found in the
+        data are reported when the run scans the inputs, pipelines.metadata)."""
+        where = f"input {self.path!r} (domain {self.domain!r})"
+        named = [*(self.fields or []), *self.drop_fields, *self.rename]
+        if self.format == "text" and (self.fields is not None or named):
+            raise ValueError(f"{where}: `format: text` inputs have no record fields for fields/drop_fields/rename")
+        if self.fields is not None and self.drop_fields:
+            raise ValueError(f"{where}: at most one of `fields` and `drop_fields` may be given")
+        for name in named:
+            if name in (self.text_field, self.id_field):
+                role = "text_field" if name == self.text_field else "id_field"
+                raise ValueError(f"{where}: {name!r} is the input's {role}, not a metadata field")
+        for old, new in self.rename.items():
+            if not new.strip():
+                raise ValueError(f"{where}: rename {old!r} to an empty name")
+            if old in self.drop_fields or (self.fields is not None and old not in self.fields):
+                raise ValueError(f"{where}: rename {old!r}: that field is left out (fields/drop_fields)")
+        targets = list(self.rename.values())
+        if len(set(targets)) != len(targets):
+            raise ValueError(f"{where}: rename maps two fields onto one column: {self.rename}")
+        for name in self.fields or []:
+            col = self.rename.get(name, name)
+            if is_reserved(col):
+                raise ValueError(
+                    f"{where}: field {name!r} clashes with a column Sluice writes; rename it (rename: {{{name}: …}})"
+                )
+            if name not in self.rename and name in targets:
+                raise ValueError(f"{where}: field {name!r} and a renamed field would both become column {name!r}")
+        for old, new in self.rename.items():
+            if is_reserved(new):
+                raise ValueError(f"{where}: rename {old!r} to {new!r} clashes with a column Sluice writes")
+        return self
 
 
 class StageSpec(BaseModel):
@@ -236,8 +287,8 @@ def parse_recipe(text: str, *, source: str = "<recipe>", check_inputs: bool = Tr
 
 
 def _with_id_stage(recipe: Recipe) -> Recipe:
-    """Prepend the ``input_ids`` stage when every input with an ``id_field`` asks to remove duplicate ids."""
-    keyed = [i for i in recipe.inputs if i.id_field]
+    """Prepend the ``input_ids`` stage when every keyed input (``InputSpec.keyed``) asks to remove duplicate ids."""
+    keyed = [i for i in recipe.inputs if i.keyed]
     if not keyed or any(i.on_duplicate_id != "remove" for i in keyed):
         return recipe
     if recipe.stages and recipe.stages[0].op == "input_ids":
@@ -248,7 +299,7 @@ def _with_id_stage(recipe: Recipe) -> Recipe:
 
 def duplicate_ids_fail(recipe: Recipe) -> bool:
     """Whether a repeated id fails the run (the default), rather than being removed by ``input_ids``."""
-    keyed = [i for i in recipe.inputs if i.id_field]
+    keyed = [i for i in recipe.inputs if i.keyed]
     return bool(keyed) and any(i.on_duplicate_id != "remove" for i in keyed)
 
 

@@ -296,7 +296,7 @@ def build_manifest(
         stages=stages,
         read=read,
         synthetic=sum(added_by.values()),
-        extra={"cluster": cluster, "segments": segments},
+        extra={"cluster": cluster, "segments": segments, "metadata": records[0].metadata},
         input_errors=_input_errors(out_dir, records[0].read or {}),
     )
 

@@ -73,6 +73,8 @@ class SegmentRecord:
             with rows, bytes and sha256; ``copied``: removed files a final segment copied from checkpoints.
         fingerprint: what it depends on (pipelines.resume), with its parts: ``sluice`` version,
             ``recipe_fingerprint``, ``inputs`` and ``stage_files``.
+        metadata: the input metadata columns the first segment read (``RunMetadata.report()``:
+            columns with types and origins, JSON-text fallbacks with reasons); None for later segments.
         reused: set when a run skipped it because the checkpoint was complete (not stored).
     """
 
@@ -98,6 +100,7 @@ class SegmentRecord:
     recipe_fingerprint: str | None = None
     inputs: dict[str, list] = field(default_factory=dict)
     stage_files: list[dict[str, str]] = field(default_factory=list)
+    metadata: dict[str, Any] | None = None
     reused: bool = False
 
     def save(self, rd: RunDir) -> None:
@@ -204,7 +207,9 @@ def run_segment(
     t0 = time.perf_counter()
     lost_before = lost_workers()
     stats = RunStats.remote()
+    meta = None
     if prev is None:
+        meta = source.scan_metadata()  # one metadata schema for every block, fixed before the read
         source.stats = stats
         ds = ray.data.read_datasource(source, override_num_blocks=max(1, len(source.get_read_tasks(1))))
         rows_in = None
@@ -266,6 +271,7 @@ def run_segment(
         metrics=snap["metrics"],
         files=[f.__dict__ for f in sink.files],
         copied=copied,
+        metadata=meta.report() if meta is not None else None,
     )
     logger.info("      done in %.1fs: %s rows live", rec.wall_seconds, f"{rec.live_rows:,}")
     return rec

@@ -262,7 +262,7 @@ def _select(rd, out, where, budget_tokens, per_domain_budget, order_by, seed, sh
         stages=[*src.get("stages", []), step],
         read=c["read"],
         synthetic=c.get("synthetic", 0),
-        extra={"segments": src.get("segments", [])},
+        extra={"segments": src.get("segments", []), "metadata": src.get("metadata")},
     )
     write_manifest(dest, manifest)
     if not manifest["conservation"]["ok"]:

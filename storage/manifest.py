@@ -65,7 +65,9 @@ class RunContents:
         shards: file records (path, partition, rows, bytes, sha256) of ``shards/``.
         removed_files: the same for ``removed/``.
         removed_by: ``{stage: {reason: rows}}`` over ``removed/``.
-        domains: per domain of the kept shards: ``docs``, ``chars`` and ``tokens`` (``n_tokens``, or None).
+        domains: per domain of the kept shards: ``docs``, ``chars``, ``tokens`` (``n_tokens``, or None)
+            and ``metadata``: the input-metadata columns (storage.schema.metadata_columns) its documents
+            hold, each ``{name, type (Arrow), non_null}``, for columns with at least one value there.
     """
 
     shards: list[dict] = field(default_factory=list)
@@ -93,14 +95,36 @@ class RunContents:
         ).fetchall():
             removed_by.setdefault(stage, {})[reason] = n
         tokens = "sum(n_tokens)" if has_column(con, "docs", "n_tokens") else "NULL"
+        meta = metadata_types(rd)
+        counts = "".join(f', count("{c.replace(chr(34), chr(34) * 2)}")' for c in meta)
         domains = [
-            {"domain": d, "docs": n, "chars": c, "tokens": t}
-            for d, n, c, t in con.execute(
-                f"SELECT domain, count(*), sum(length(text)), {tokens} FROM docs GROUP BY domain ORDER BY domain"
+            {"domain": d, "docs": n, "chars": c, "tokens": t, "metadata": _present(meta, rest)}
+            for d, n, c, t, *rest in con.execute(
+                f"SELECT domain, count(*), sum(length(text)), {tokens}{counts} FROM docs "
+                "GROUP BY domain ORDER BY domain"
             ).fetchall()
         ]
         con.close()
         return cls(rd.file_records(SHARDS), rd.file_records(REMOVED), removed_by, domains)
+
+
+def metadata_types(rd: RunDir) -> dict[str, str]:
+    """``{column: Arrow type}`` of the input-metadata columns of a run's kept shards (from their footers)."""
+    import pyarrow.parquet as pq
+
+    from storage.schema import metadata_columns
+
+    out: dict[str, str] = {}
+    for path in rd.parquet(SHARDS):
+        with rd.fs.open_input_file(path) as f:
+            schema = pq.read_schema(f)
+        for name in metadata_columns(schema.names):
+            out.setdefault(name, str(schema.field(name).type))
+    return out
+
+
+def _present(types: dict[str, str], counts: list[int]) -> list[dict[str, Any]]:
+    return [{"name": c, "type": t, "non_null": n} for (c, t), n in zip(types.items(), counts) if n]
 
 
 def assemble(

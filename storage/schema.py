@@ -55,7 +55,24 @@ SCORE_FIELDS: dict[str, pa.DataType] = {
 #: Columns that exist only while a run is in flight; kept shards drop them.
 INTERNAL_COLUMNS = (REASON, STAGE, DUP_OF, RAW, ERROR)
 
+#: Every column name Sluice itself writes. Any other column is input metadata: a field of the
+#: input record (``url``, ``date``, ``license``…) carried unchanged through every stage. An input
+#: field with one of these names (compared case-insensitively, as DuckDB compares identifiers)
+#: must be renamed or left out; see pipelines.metadata.
+RESERVED_COLUMNS: frozenset[str] = frozenset([f.name for f in BASE_FIELDS + TRACK_FIELDS] + list(SCORE_FIELDS))
+_RESERVED_LOWER = frozenset(n.lower() for n in RESERVED_COLUMNS)
+
 INPUT_STAGE = "input"
+
+
+def is_reserved(name: str) -> bool:
+    """Whether ``name`` clashes with a column Sluice writes (case-insensitively)."""
+    return name.lower() in _RESERVED_LOWER
+
+
+def metadata_columns(names: list[str]) -> list[str]:
+    """The input-metadata columns among ``names``: those Sluice does not write, in order."""
+    return [n for n in names if n not in RESERVED_COLUMNS]
 
 
 def make_id(source: str, row: int) -> str:

@@ -25,7 +25,7 @@ from operators.rephrase.backends import (
 )
 from operators.rephrase.prompts import STYLE_RE, STYLES, Chunk, Template, chunk_text
 from storage.run import check_name
-from storage.schema import ERROR, REASON, STAGE, unit_hash, with_column
+from storage.schema import ERROR, REASON, STAGE, metadata_columns, unit_hash, with_column
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,9 @@ class Rephrase(Operator):
     are rejoined in order into one new row per style with ``id`` = ``<parent_id>/<style>``,
     ``parent_id``, ``style``, ``synthetic`` = true, ``generator`` (backend, model, sampling),
     ``rephrase_tokens_in`` / ``rephrase_tokens_out``, ``source`` of the parent and ``domain``
-    from ``domain_template``. Other score columns are null, so later stages score the
+    from ``domain_template``. A new row carries its parent's input metadata (``url``, ``date``,
+    ``license``…: a rephrasing derives from its parent, so its provenance and licence travel
+    with it). Other score columns are null, so later stages score the
     synthetic rows like any others (closed loop). New rows follow the batch's rows.
 
     Checks (Nemotron-CC), per chunk, in this order; the first failing chunk decides the row's
@@ -237,6 +239,7 @@ class Rephrase(Operator):
                 reason, detail = why, f"chunk {k + 1}/{len(chunks)}: {what}"
         parent = batch.slice(i, 1).to_pylist()[0]
         return {
+            **{k: parent[k] for k in metadata_columns(batch.column_names)},  # the parent's input metadata
             "id": synthetic_id(parent["id"], style),
             "text": "".join(parts),
             "domain": self.domain_template.format(domain=parent["domain"], style=style),

@@ -58,3 +58,34 @@ def test_second_commit_numbers_after_existing_parts(tmp_path):
     sink.write_now([_rows(5)])
     names = sorted(p.name for p in (tmp_path / "live").iterdir())
     assert names == ["part-00000.parquet", "part-00001.parquet"]
+
+
+def test_metadata_columns_keep_their_types_in_shards_and_removed_and_are_counted_per_domain(tmp_path):
+    from storage.manifest import RunContents
+    from storage.schema import metadata_columns
+    from storage.views import connect
+
+    table = _rows(40, removed_every=4)
+    n = table.num_rows
+    meta = {
+        "url": pa.array([f"https://e/{i}" if i % 2 else None for i in range(n)]),  # domain a: even rows, no url
+        "page": pa.array([{"lang": "en", "links": [i, i + 1]} for i in range(n)]),
+        "year": pa.array(["2020", '"MMXX"'] * (n // 2)),  # JSON text, as a fallback column stores it
+    }
+    for name, values in meta.items():
+        table = table.append_column(name, values)
+    assert metadata_columns(table.column_names) == ["url", "page", "year"]
+    ShardSink(str(tmp_path), RunLayout(INTERNAL_COLUMNS), target_bytes=1 << 12).write_now([table])
+    kept, removed = read_shards(str(tmp_path / "shards")), read_shards(str(tmp_path / "removed"))
+    for part in (kept, removed):
+        for name, values in meta.items():
+            assert part.schema.field(name).type == values.type
+    row = next(r for r in removed.to_pylist() if r["id"] == "id0004")
+    assert (row["reason"], row["page"], row["year"]) == ("too_short", {"lang": "en", "links": [4, 5]}, "2020")
+    domains = {d["domain"]: d["metadata"] for d in RunContents.read(str(tmp_path)).domains}
+    assert [f["name"] for f in domains["a"]] == ["page", "year"]  # no url has a value in domain a
+    assert domains["b"][0] == {"name": "url", "type": "string", "non_null": 20}  # all kept (removals are in a)
+    assert domains["b"][1]["type"] == "struct<lang: string, links: list<element: int64>>"
+    con = connect(str(tmp_path), manifest=None)
+    sql = "SELECT count(*) FROM docs WHERE page.lang = 'en' AND url LIKE 'https://e/%'"
+    assert con.execute(sql).fetchone() == (20,)
