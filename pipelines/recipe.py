@@ -31,11 +31,13 @@ class InputSpec(BaseModel):
     Args:
         path: a file, a directory or a glob; local or any pyarrow filesystem URI.
         domain: the domain every document from this input belongs to.
-        format: ``jsonl`` (plain, .gz, .zst), ``parquet`` or ``text`` (one document per
-            file); ``auto`` picks from the file extension.
+        format: ``jsonl`` (plain, .gz, .zst), ``parquet``, ``text`` (one document per file) or
+            ``warc`` (.warc, .warc.gz: HTML responses become documents, see :mod:`pipelines.warc`);
+            ``auto`` picks from the file extension.
         text_field: the field holding the document text (jsonl, parquet).
         id_field: the field holding a stable id, by default the record's own ``id``; a record
             without it (and every record when ``id_field: null``) gets a hash of file and row.
+            WARC records use their ``WARC-Record-ID`` unless ``id_field: null``.
         exclude: glob patterns (fnmatch; ``*`` also crosses ``/``) of files to leave out, matched
             against the path relative to the input's directory; each excluded file is counted as
             a removed row with reason ``input_excluded``. Version-control folders (``.git``,
@@ -56,12 +58,15 @@ class InputSpec(BaseModel):
         rename: ``{field: column}``: store a field under another column name, e.g. one that would
             clash with a column Sluice writes (``source``, ``score`` names…, see
             ``storage.schema.RESERVED_COLUMNS``); a clash left unrenamed is an error.
+        max_record_mb: WARC inputs: a response body larger than this (before or after its
+            Content-Encoding is undone) is not read into memory; its row is removed as
+            ``input_too_large``.
     """
 
     model_config = ConfigDict(extra="forbid")
     path: str
     domain: str
-    format: Literal["auto", "jsonl", "parquet", "text"] = "auto"
+    format: Literal["auto", "jsonl", "parquet", "text", "warc"] = "auto"
     text_field: str = "text"
     id_field: str | None = "id"
     exclude: list[str] = Field(default_factory=list)
@@ -70,6 +75,7 @@ class InputSpec(BaseModel):
     fields: list[str] | None = None
     drop_fields: list[str] = Field(default_factory=list)
     rename: dict[str, str] = Field(default_factory=dict)
+    max_record_mb: float = Field(10, gt=0)
 
     @field_validator("domain")
     @classmethod
@@ -89,6 +95,15 @@ class InputSpec(BaseModel):
         named = [*(self.fields or []), *self.drop_fields, *self.rename]
         if self.format == "text" and (self.fields is not None or named):
             raise ValueError(f"{where}: `format: text` inputs have no record fields for fields/drop_fields/rename")
+        if self.format == "warc":
+            from pipelines.warc import WARC_FIELDS
+
+            unknown = [n for n in named if n not in WARC_FIELDS.names]
+            if unknown:
+                raise ValueError(
+                    f"{where}: `format: warc` inputs have the fields {', '.join(WARC_FIELDS.names)}; "
+                    f"not {', '.join(map(repr, unknown))}"
+                )
         if self.fields is not None and self.drop_fields:
             raise ValueError(f"{where}: at most one of `fields` and `drop_fields` may be given")
         for name in named:

@@ -41,7 +41,7 @@ class Listing:
 
 
 def detect_format(path: str, declared: str = "auto") -> str:
-    """``jsonl``, ``parquet`` or ``text`` (a document per file) from a file name, unless ``declared``."""
+    """``jsonl``, ``parquet``, ``warc`` or ``text`` (a document per file) from a file name, unless ``declared``."""
     if declared != "auto":
         return declared
     name = path.lower()
@@ -51,6 +51,8 @@ def detect_format(path: str, declared: str = "auto") -> str:
         return "jsonl"
     if name.endswith(".parquet"):
         return "parquet"
+    if name.endswith(".warc"):
+        return "warc"
     return "text"
 
 

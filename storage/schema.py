@@ -50,6 +50,9 @@ SCORE_FIELDS: dict[str, pa.DataType] = {
     "generator": pa.string(),
     "rephrase_tokens_in": pa.int64(),
     "rephrase_tokens_out": pa.int64(),
+    "language": pa.string(),
+    "language_score": pa.float64(),
+    "html": pa.string(),  # the page's HTML, kept by `extract` with keep_html: true
 }
 
 #: Columns that exist only while a run is in flight; kept shards drop them.
