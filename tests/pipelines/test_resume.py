@@ -53,13 +53,29 @@ def test_packaged_models_count_by_package_version_and_hub_ids_by_name(tmp_path):
 def test_a_stage_file_edited_in_place_is_read_again_by_long_lived_workers(tmp_path, ray_session):
     """Ray workers outlive a run and cache built operators: editing an eval set at the same path must
     re-run the stage with the new content (the cache key carries the files' size and mtime)."""
+    import random
+
     from pipelines.recipe import parse_recipe
     from pipelines.runner import run
     from storage.shards import read_shards
 
-    import random
-
-    words = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar".split()
+    words = [
+        "alpha",
+        "bravo",
+        "charlie",
+        "delta",
+        "echo",
+        "foxtrot",
+        "golf",
+        "hotel",
+        "india",
+        "juliet",
+        "kilo",
+        "lima",
+        "mike",
+        "november",
+        "oscar",
+    ]
     docs = [{"id": f"d{i}", "text": " ".join(random.Random(i).choices(words, k=60))} for i in range(6)]
     write_jsonl(tmp_path / "in.jsonl", docs)
     evals = tmp_path / "eval.jsonl"
