@@ -23,6 +23,7 @@ Run: ``sluice calibrate recipe.yaml --reference clean/docs.jsonl=docs --referenc
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -151,7 +152,10 @@ def calibrate_scored(
     model = REGISTRY[op](stage=op, **{**params, spec.param: None})
     ref_scores = [x for x in spec.score(model, reference) if x is not None]
     corpus_scores = [x for x in spec.score(model, corpus) if x is not None] if corpus else []
-    before, after = params[spec.param], round(score_threshold(ref_scores, keep, spec.keep_high), 6)
+    t = score_threshold(ref_scores, keep, spec.keep_high)
+    # six decimals, rounded toward keeping: a rounded threshold never removes the quantile's own document
+    after = (math.floor if spec.keep_high else math.ceil)(t * 1e6) / 1e6
+    before = params[spec.param]
 
     def share(scores: list[float], t: float) -> float | None:
         if not scores:
