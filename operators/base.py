@@ -48,6 +48,13 @@ ExistingFile = Annotated[str, AfterValidator(_existing_file)]
 REGISTRY: dict[str, type[Operator]] = {}
 
 
+class DataMismatch(ValueError):
+    """The data does not fit the stage as configured (a column it needs is missing or of another type).
+
+    Not a per-batch failure: quarantining the rows would remove every document for a configuration
+    mistake, so the run stops whatever the stage's ``on_error`` says, with this message."""
+
+
 def register(name: str):
     """Class decorator: make an operator available to recipes as ``op: name``."""
 

@@ -11,7 +11,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 import pyarrow as pa
 
-from operators.base import ExistingFile, Operator, mark_removed, register
+from operators.base import DataMismatch, ExistingFile, Operator, mark_removed, register
 from storage.schema import ERROR, metadata_columns, with_column
 
 #: URL words are the runs of letters and digits (any script), lower-cased
@@ -105,9 +105,9 @@ class URLFilter(Operator):
     which entry matched (``block_domains: example.com``). Files hold one entry a line; blank lines and lines starting
     with ``#`` are skipped. They are read once per worker process (again only if a file changes) and are part of the
     resume fingerprint, so editing a list re-runs the stage. Rows with no URL (null or empty) are kept and counted
-    (``report.url_filter.no_url``). Data without the ``url_field`` column is an error naming it (like any operator
-    error it quarantines the rows as ``operator_error`` with the message in ``error``; ``on_error: fail`` stops the
-    run). Unlike datatrove, no list ships built in, and words are matched on lower-cased, percent-decoded URLs.
+    (``report.url_filter.no_url``). Data without the ``url_field`` column (or with a non-string one) stops the run
+    with a message naming it (:class:`~operators.base.DataMismatch`: a configuration mistake is not quarantined).
+    Unlike datatrove, no list ships built in, and words are matched on lower-cased, percent-decoded URLs.
 
     Args:
         block_domains: file of blocked domains.
@@ -187,13 +187,13 @@ class URLFilter(Operator):
     def apply(self, batch: pa.Table, active: np.ndarray) -> pa.Table:
         if self.url_field not in batch.column_names:
             have = ", ".join(metadata_columns(batch.column_names)) or "none"
-            raise ValueError(
+            raise DataMismatch(
                 f"url_filter: the data has no {self.url_field!r} column (its input fields: {have}); set `url_field:` "
                 f"to the field that holds the URL, or `rename:` that input field to {self.url_field!r}"
             )
         col = batch.column(self.url_field)
         if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
-            raise ValueError(f"url_filter: column {self.url_field!r} holds {col.type}, not URL strings")
+            raise DataMismatch(f"url_filter: column {self.url_field!r} holds {col.type}, not URL strings")
         if any(_stamp(p) != self.stamps[k] for k, p in self.files.items()):
             self._load()  # a list changed since this worker read it (a long-lived worker serves many runs)
         idx = np.flatnonzero(active)

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from operators import load_all
-from operators.base import REGISTRY
+from operators.base import REGISTRY, DataMismatch
 from pipelines.recipe import Recipe, stage_params
 from storage.schema import ERROR, REASON, STAGE, with_column
 
@@ -38,7 +38,8 @@ def run_chain(batch: pa.Table, *, key: str, specs: list, stats=None) -> pa.Table
     """Apply consecutive row-wise operators to one batch, timing each and reporting to ``stats``.
 
     An operator that raises quarantines the batch's live rows it applies to (reason
-    ``operator_error``, the message in ``error``) unless its stage says ``on_error: fail``.
+    ``operator_error``, the message in ``error``) unless its stage says ``on_error: fail`` or the
+    error is a :class:`~operators.base.DataMismatch` (the data does not fit the stage's configuration).
     """
     times: dict[str, float] = {}
     added: dict[str, int] = {}  # rows appended by adds_rows operators (synthetic rows)
@@ -51,7 +52,7 @@ def run_chain(batch: pa.Table, *, key: str, specs: list, stats=None) -> pa.Table
         try:
             batch = op(batch)
         except Exception as e:
-            if on_error == "fail":
+            if on_error == "fail" or isinstance(e, DataMismatch):
                 raise
             batch = _quarantine(batch, op, name, e)
         times[name] = time.perf_counter() - t0

@@ -190,11 +190,9 @@ def test_through_the_runner_and_resume_reruns_when_a_list_changes(tmp_path, list
 
 
 def test_data_without_the_url_field_fails_the_stage_naming_it(tmp_path, lists, ray_session):
+    """A configuration mistake stops the run (even without on_error: fail) instead of quarantining every row."""
     write_jsonl(tmp_path / "in" / "web.jsonl", [{"id": "a", "text": prose(1), "link": "https://example.com/"}])
-    text = _recipe(tmp_path, lists).replace("block_words:", "on_error: fail, block_words:")
+    text = _recipe(tmp_path, lists)
     with pytest.raises(Exception, match=r"no 'url' column \(its input fields: link\)"):
         run(parse_recipe(text), recipe_text=text)
-    quarantined = _recipe(tmp_path, lists)  # the default quarantines the rows, the message in `error`
-    run(parse_recipe(quarantined), recipe_text=quarantined)
-    (row,) = read_shards(str(tmp_path / "out" / "removed")).to_pylist()
-    assert row["reason"] == "operator_error" and "no 'url' column" in row["error"]
+    assert not list((tmp_path / "out").glob("shards/**/*.parquet"))
