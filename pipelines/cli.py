@@ -311,14 +311,19 @@ def mixsearch_cmd(
 def export_cmd(
     run: str = typer.Argument(..., help="A curated, tokenized run."),
     out: str = typer.Option(..., "-o", "--out", help="Directory for the exported files (outside the run)."),
-    fmt: str = typer.Option("megatron", "--format", help="megatron (.bin/.idx per domain and split)."),
+    fmt: str = typer.Option(
+        "megatron", "--format", help="megatron (.bin/.idx per domain and split) or mds (MosaicML Streaming)."
+    ),
+    shard_mb: float | None = typer.Option(None, "--shard-mb", help="mds: shard size limit in MiB (default 64)."),
+    with_text: bool = typer.Option(False, "--with-text", help="mds: add each document's `text` column."),
+    compression: str | None = typer.Option(None, "--compression", help="mds: zstd or zstd:<level> (default: none)."),
 ) -> None:
-    """Write a tokenized run in a format trainers read (Megatron-LM indexed datasets), with its lineage."""
+    """Write a tokenized run in a format trainers read (Megatron-LM indexed datasets, MosaicML MDS) with lineage."""
     from storage.export import export
     from storage.run import UnsafePathError
 
     try:
-        rec = export(run, out, fmt)
+        rec = export(run, out, fmt, shard_mb=shard_mb, with_text=with_text, compression=compression)
     except UnsafePathError as e:
         err.print(f"[red]refused:[/red] {e}", highlight=False)
         raise typer.Exit(2) from None
@@ -326,7 +331,14 @@ def export_cmd(
         err.print(f"[red]error:[/red] {e}", highlight=False)
         raise typer.Exit(2) from None
     for f in rec["files"]:
-        print(f"{out}/{f['prefix']}.bin/.idx: {f['documents']:,} documents, {f['tokens']:,} tokens ({f['dtype']})")
+        if "prefix" in f:
+            print(f"{out}/{f['prefix']}.bin/.idx: {f['documents']:,} documents, {f['tokens']:,} tokens ({f['dtype']})")
+        else:
+            n = len(f["shards"])
+            print(
+                f"{out}/{f['dir']}: {f['documents']:,} documents, {f['tokens']:,} tokens "
+                f"(tokens {f['dtype']}), {n} shard{'' if n == 1 else 's'}"
+            )
 
 
 @app.command("demo-data")

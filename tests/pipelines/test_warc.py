@@ -20,8 +20,7 @@ from pipelines.runner import run  # noqa: E402
 from storage.fs import detect_format  # noqa: E402
 from storage.shards import read_shards  # noqa: E402
 from tests.conftest import prose  # noqa: E402
-
-DATE = "2024-05-01T12:30:00Z"
+from tests.warcs import write_response  # noqa: E402
 
 
 def article(title: str, body: str, meta: str = "") -> str:
@@ -32,15 +31,6 @@ def article(title: str, body: str, meta: str = "") -> str:
         f"</li></ul></nav><article><h1>{title}</h1><p>{body}</p><p>{prose(7)}</p></article>"
         "<footer><p>© 2024 Example Media. All rights reserved.</p></footer></body></html>"
     )
-
-
-def _response(w, url, body: bytes, headers, status="200 OK", rid=None):
-    http = StatusAndHeaders(status, headers, protocol="HTTP/1.1")
-    rec = w.create_warc_record(url, "response", payload=io.BytesIO(body), http_headers=http)
-    rec.rec_headers.replace_header("WARC-Date", DATE)
-    if rid:
-        rec.rec_headers.replace_header("WARC-Record-ID", rid)
-    w.write_record(rec)
 
 
 def write_warc(path, gz=True, extra=()) -> dict[str, bytes]:
@@ -59,35 +49,35 @@ def write_warc(path, gz=True, extra=()) -> dict[str, bytes]:
         w.write_record(
             w.create_warc_record("https://a.example/utf8", "request", payload=io.BytesIO(b""), http_headers=req)
         )
-        _response(
+        write_response(
             w,
             "https://a.example/utf8",
             pages["https://a.example/utf8"],
             [("Content-Type", "text/html; charset=UTF-8")],
             rid="<urn:uuid:00000000-0000-0000-0000-000000000001>",
         )
-        _response(
+        write_response(
             w,
             "https://a.example/latin1-header",
             pages["https://a.example/latin1-header"],
             [("Content-Type", "text/html; charset=ISO-8859-1")],
         )
-        _response(
+        write_response(
             w, "https://a.example/latin1-meta", pages["https://a.example/latin1-meta"], [("Content-Type", "text/html")]
         )
-        _response(
+        write_response(
             w,
             "https://a.example/cp1251-undeclared",
             pages["https://a.example/cp1251-undeclared"],
             [("Content-Type", "text/html")],
         )
-        _response(
+        write_response(
             w,
             "https://a.example/paper.pdf",
             b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj",
             [("Content-Type", "application/pdf")],
         )
-        _response(
+        write_response(
             w,
             "https://a.example/gone",
             b"<html><body>Not found</body></html>",
@@ -95,21 +85,23 @@ def write_warc(path, gz=True, extra=()) -> dict[str, bytes]:
             "404 Not Found",
         )
         zipped = gzip.compress(article("Zipped", "This page was sent gzip-encoded by its server.").encode())
-        _response(
+        write_response(
             w,
             "https://a.example/zipped",
             zipped,
             [("Content-Type", "application/xhtml+xml; charset=utf-8"), ("Content-Encoding", "gzip")],
         )
-        _response(
+        write_response(
             w,
             "https://a.example/bad-gzip",
             b"\x1f\x8b not gzip at all",
             [("Content-Type", "text/html"), ("Content-Encoding", "gzip")],
         )
-        _response(w, "https://a.example/big", article("Big", "x " * 40_000).encode(), [("Content-Type", "text/html")])
+        write_response(
+            w, "https://a.example/big", article("Big", "x " * 40_000).encode(), [("Content-Type", "text/html")]
+        )
         for url, body, headers in extra:
-            _response(w, url, body, headers)
+            write_response(w, url, body, headers)
         meta = w.create_warc_record(
             "https://a.example/utf8",
             "metadata",
