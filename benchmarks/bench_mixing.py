@@ -9,16 +9,20 @@ Corpus: four domains of real text found on any Debian machine with Python, curat
 - ``clidocs``: the AWS CLI's reStructuredText usage examples (if awscli is installed; else
   the installed distributions' READMEs).
 
-Each method (stratified, aioli, dga, odm) trains the same tiny GPT (``mixers.train``: 2 layers,
-64 wide, compact 4096-token vocabulary) for the same number of steps from the same
-initialisation, per seed; the seed also changes the mixer's sampling. DGA steers toward
-``--target``. Reported: mean held-out loss over the domains and the target domain's held-out
-loss, per method: mean ± standard deviation over seeds, plus per-seed differences to
-stratified (paired by seed).
+Each method trains the same tiny GPT (``mixers.train``: 2 layers, 64 wide, compact 4096-token
+vocabulary) for the same number of steps from the same initialisation, per seed; the seed also
+changes the mixer's sampling. Methods (see :data:`METHODS`): ``stratified``; ``aioli`` with its
+defaults, planned by the run's length (``mixers.train`` passes ``--steps`` as the server's
+``total_steps``); ``aioli-ref``, the Aioli repository's k = 7 settings it used before for k >= 3
+(2 × 10 probe steps per domain every 200 steps from step 1, η 1); ``aioli-short``, the 1 × 5
+every ``--aioli-every`` steps of the issue-7 table; ``ado``, ``odm`` with their defaults; ``dga``
+steering toward ``--target``. Reported: mean held-out loss over the domains and the target
+domain's held-out loss, per method: mean ± standard deviation over seeds, per-seed differences to
+stratified (paired by seed), and the steps each run spent on Aioli's probe mixtures.
 
 Run:
-    .venv/bin/python -m benchmarks.bench_mixing                      # 3 seeds × 4 methods, ~12 min on 2 cores
-    .venv/bin/python -m benchmarks.bench_mixing --steps 60 --seeds 1 # a smoke run
+    .venv/bin/python -m benchmarks.bench_mixing --methods stratified,aioli-ref,aioli,ado   # 3 seeds
+    .venv/bin/python -m benchmarks.bench_mixing --steps 60 --seeds 1                       # a smoke run
 Writes benchmarks/results/bench_mixing-<UTC time>.json and .png (loss curves) and a markdown table.
 """
 
@@ -116,16 +120,45 @@ def curate(work: Path, max_chars: int) -> Path:
     return out
 
 
+def _params(**kw: object) -> list[str]:
+    return [a for k, v in kw.items() for a in ("--param", f"{k}={json.dumps(v)}")]
+
+
+#: method -> (mixer, its --param arguments; a callable of the parsed args where they depend on them)
+METHODS = {
+    "stratified": ("stratified", []),
+    "aioli": ("aioli", []),
+    # the Aioli repository's k = 7 settings, which the defaults were for k >= 3 before the probe budget
+    # followed the run's length: rounds of 200 steps from step 1, each opening with 2 × 10 steps per domain
+    "aioli-ref": (
+        "aioli",
+        _params(total_steps=None, lp_rounds=2, lp_steps=10, update_every=200, eta=1.0, one_hot_factor=0.75),
+    ),
+    # the issue-7 table's setting: 1 × 5 probe steps per domain every --aioli-every steps from step 1
+    "aioli-short": (
+        "aioli",
+        lambda a: _params(total_steps=None, lp_rounds=1, lp_steps=5, update_every=a.aioli_every, eta=1.0),
+    ),
+    "ado": ("ado", []),
+    "dga": ("dga", _params(every=10)),
+    "odm": ("odm", []),
+}
+
+
+def probe_steps(schedule: list[dict], steps: int) -> int:
+    """Steps a run served Aioli probe mixtures (schedule entries with reason ``aioli:probe:*``)."""
+    out = 0
+    for i, e in enumerate(schedule):
+        end = schedule[i + 1]["step"] if i + 1 < len(schedule) else steps
+        out += (end - e["step"]) * e["reason"].startswith("aioli:probe:")
+    return out
+
+
 def train(run: Path, method: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
-    params = {
-        "stratified": [],
-        # k = 4: one probe round of 5 steps per domain at the start of every --aioli-every steps
-        "aioli": ["--param", "lp_rounds=1", "--param", "lp_steps=5", "--param", f"update_every={args.aioli_every}"],
-        "dga": ["--param", "every=10"],
-        "odm": [],
-    }[method]
+    mixer, params = METHODS[method]
+    params = params(args) if callable(params) else params
     cmd = [
-        sys.executable, "-m", "mixers.train", "--serve", str(run), "--mixer", method, *params,
+        sys.executable, "-m", "mixers.train", "--serve", str(run), "--mixer", mixer, *params,
         "--steps", str(args.steps), "--seq-len", str(args.seq_len), "--global-batch", str(args.batch),
         "--compact-vocab", str(args.vocab), "--eval-every", str(args.eval_every), "--eval-sequences", "32",
         "--target", args.target, "--seed", str(seed), "--mixer-seed", str(seed), "--out", str(out),
@@ -136,6 +169,7 @@ def train(run: Path, method: str, seed: int, args: argparse.Namespace, out: Path
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
     result = json.loads((out / "result.json").read_text())
     result["wall_s"] = round(time.time() - t0, 1)
+    result["probe_steps"] = probe_steps(result["schedule"], args.steps)
     return result
 
 
@@ -157,6 +191,7 @@ def summarise(runs: dict[str, dict[int, dict]], target: str) -> dict:
             "delta_mean_vs_stratified": d_mean,
             "delta_target_vs_stratified": d_tgt,
             "final_weights": {s: r["schedule"][-1]["weights"] for s, r in per_seed.items()},
+            "probe_steps": [r["probe_steps"] for r in per_seed.values()],
             "wall_s": [r["wall_s"] for r in per_seed.values()],
         }
     return out
@@ -173,7 +208,7 @@ def plot(runs: dict[str, dict[int, dict]], target: str, path: Path) -> None:
         for i, r in enumerate(per_seed.values()):
             h = r["history"]
             kw = {"label": method} if i == 0 else {}
-            color = {"stratified": "C0", "aioli": "C1", "dga": "C2", "odm": "C3"}.get(method)
+            color = f"C{list(METHODS).index(method)}"
             ax_m.plot([x["step"] for x in h], [x["mean_eval_loss"] for x in h], color=color, alpha=0.7, **kw)
             ax_t.plot([x["step"] for x in h], [x["eval_loss"][target] for x in h], color=color, alpha=0.7, **kw)
     ax_m.set(title="mean held-out loss over domains", xlabel="step", ylabel="nats/token")
@@ -187,7 +222,7 @@ def _without_history(r: dict) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--methods", default="stratified,aioli,dga,odm")
+    p.add_argument("--methods", default="stratified,aioli-ref,aioli,ado,dga,odm", help=", ".join(METHODS))
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seq-len", type=int, default=128)
@@ -195,10 +230,13 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=4096)
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--target", default="manpages")
-    p.add_argument("--aioli-every", type=int, default=100, help="Aioli's round length (20 probe steps each)")
+    p.add_argument("--aioli-every", type=int, default=100, help="aioli-short's round length (20 probe steps each)")
     p.add_argument("--max-chars", type=int, default=3_000_000, help="characters per domain")
     p.add_argument("--work", default=str(RESULTS / "mixing"))
     args = p.parse_args()
+    unknown = sorted(set(args.methods.split(",")) - set(METHODS))
+    if unknown:
+        p.error(f"--methods: unknown {unknown}; known: {', '.join(METHODS)}")
     work = Path(args.work)
     run = curate(work, args.max_chars)
     runs: dict[str, dict[int, dict]] = {}
@@ -224,13 +262,15 @@ def main() -> None:
     path.write_text(json.dumps(report, indent=1))
     png = RESULTS / f"bench_mixing-{stamp}.png"
     plot(runs, args.target, png)
-    print(f"\n| method | mean held-out loss | Δ vs stratified (per seed) | {args.target} loss | Δ vs stratified |")
-    print("|---|---|---|---|---|")
+    print(f"\n| method | mean held-out loss | Δ vs stratified (per seed) | {args.target} loss | Δ vs stratified "
+          "| probe steps |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
     for m, s in summary.items():
         dm = ", ".join(f"{x:+.3f}" for x in s["delta_mean_vs_stratified"])
         dt = ", ".join(f"{x:+.3f}" for x in s["delta_target_vs_stratified"])
+        probes = max(s["probe_steps"])
         print(f"| {m} | {s['mean_eval_loss'][0]:.4f} ± {s['mean_eval_loss'][1]:.4f} | {dm} "
-              f"| {s['target_loss'][0]:.4f} ± {s['target_loss'][1]:.4f} | {dt} |")  # fmt: skip
+              f"| {s['target_loss'][0]:.4f} ± {s['target_loss'][1]:.4f} | {dt} | {probes} |")  # fmt: skip
     print(f"\nwrote {path} and {png}")
 
 

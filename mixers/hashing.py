@@ -17,6 +17,7 @@ GOLDEN = 0x9E3779B97F4A7C15
 # salts keep the hash families of different decisions independent: one table, so no two share one
 SALT_DRAW, SALT_UNITS, SALT_DOCS = 0xD1, 0x5E, 0xD0  # the sampler: slot domains, unit order, document order
 SALT_AIOLI = 0xA1  # Aioli's probe order
+SALT_CAP = 0xC4  # the sampler: slots drawn again past an epoch cap
 
 
 def _mix(x: int) -> int:

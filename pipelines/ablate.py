@@ -13,8 +13,9 @@ Spec (YAML)::
     variants:
       raw: {run: out/raw}
       curated: {run: out/curated}
-      curated_aioli: {run: out/curated, mixer: aioli, params: {update_every: 100}}
+      curated_aioli: {run: out/curated, mixer: aioli}   # probe budget planned by budget.steps
       curated_static: {run: out/curated, mixer: static, weights: {web: 0.7, code: 0.3}}
+      curated_capped: {run: out/curated, epoch_caps: {code: 2}}   # code served at most 2 epochs
     baseline: raw
     seeds: [0, 1, 2]
     eval: [evals/clean.jsonl]          # FILE or FILE=DOMAIN
@@ -43,6 +44,10 @@ from storage.run import write_text_atomic
 logger = logging.getLogger(__name__)
 
 
+#: mixers whose weights do not follow feedback: they train without held-out documents in every domain
+FIXED_MIXERS = frozenset({"static", "stratified", "schedule"})
+
+
 class Variant(BaseModel):
     """One arm: a curated, tokenized run, served with a mixer (``stratified`` by default)."""
 
@@ -52,6 +57,7 @@ class Variant(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     weights: dict[str, float] | None = None
     target: str | None = None  # DGA: the domain whose held-out gradient steers the mixture
+    epoch_caps: dict[str, float] | None = None  # domain -> the most epochs served (mixers.server.caps)
 
 
 class ProxyModel(BaseModel):
@@ -117,6 +123,17 @@ def load_spec(path: str | Path) -> AblationSpec:
         domains = {d["domain"] for d in manifest.get("domains") or []}
         if v.target is not None and domains and v.target not in domains:
             raise AblationError(f"variants.{name}.target: {v.target!r} is not a domain of {v.run!r} {sorted(domains)}")
+        if v.epoch_caps:
+            _check_caps(spec, name, v)
+        if v.mixer not in FIXED_MIXERS:
+            from mixers.server.corpus import Corpus
+
+            empty = sorted(d for d, n in Corpus(v.run).tokens("holdout").items() if n == 0)
+            if empty:
+                raise AblationError(
+                    f"variants.{name}.run: {v.run!r} has no held-out documents in {', '.join(empty)}, and mixer "
+                    f"{v.mixer!r} steers on held-out loss; raise the split stage's holdout_fraction"
+                )
     for i, spec_path in enumerate(spec.eval):
         path, _, domain = spec_path.partition("=")
         try:
@@ -124,6 +141,22 @@ def load_spec(path: str | Path) -> AblationSpec:
         except EvalSetError as e:
             raise AblationError(f"eval[{i}]: {e}") from None
     return spec
+
+
+def _check_caps(spec: AblationSpec, name: str, v: Variant) -> None:
+    """Refuse epoch caps that name unknown domains or cannot serve ``budget.steps`` (mixers.server.caps)."""
+    from mixers.server.caps import check_budget, check_caps
+    from mixers.server.corpus import Corpus
+
+    where = f"variants.{name}.epoch_caps"
+    corpus = Corpus(v.run)
+    tokens = corpus.tokens("train")
+    try:
+        caps = check_caps(v.epoch_caps, corpus.domains, where)
+        b = spec.budget
+        check_budget(caps, corpus.domains, tokens, spec.model.seq_len, b.global_batch, b.steps, where, "budget.steps")
+    except ValueError as e:
+        raise AblationError(str(e)) from None
 
 
 def _argv(spec: AblationSpec, v: Variant, seed: int, out: Path, vocab: Path | None, tokenizer: str) -> list[str]:
@@ -144,9 +177,18 @@ def _argv(spec: AblationSpec, v: Variant, seed: int, out: Path, vocab: Path | No
         argv += ["--param", f"weights={json.dumps(v.weights)}"]
     if v.target is not None:
         argv += ["--target", v.target]
+    for d, e in sorted((v.epoch_caps or {}).items()):
+        argv += ["--epoch-cap", f"{d}={e}"]
     if vocab is not None:
         argv += ["--vocab-map", str(vocab.resolve())]
     return argv
+
+
+def run_digest(run: str) -> str:
+    """A digest of a run's kept shards (path and sha256 of each, from its manifest): the same after a
+    resume that changed nothing, different whenever the data a variant trains on changed."""
+    shards = sorted((f["path"], f["sha256"]) for f in read_manifest(run).get("shards", []))
+    return hashlib.sha256(json.dumps(shards).encode()).hexdigest()
 
 
 def _train(argv: list[str]) -> dict[str, Any]:
@@ -181,7 +223,8 @@ def ablate(spec: AblationSpec, out: str | Path) -> dict[str, Any]:
     for name, v in spec.variants.items():
         for seed in spec.seeds:
             argv = _argv(spec, v, seed, out / "runs" / name / f"seed{seed}", vocab, tokenizer)
-            key = hashlib.sha256(json.dumps(argv).encode()).hexdigest()[:16]
+            # the run's manifest (every shard's sha256) is part of the key: a run curated again is trained again
+            key = hashlib.sha256(json.dumps([argv, run_digest(v.run)]).encode()).hexdigest()[:16]
             done = out / "runs" / name / f"seed{seed}" / "ablation.json"
             if done.exists() and json.loads(done.read_text()).get("key") == key:
                 results[(name, seed)] = json.loads(done.read_text())["result"]

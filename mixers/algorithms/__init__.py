@@ -41,3 +41,10 @@ def build(name: str, domains: list[str], token_counts: Mapping[str, int], **para
         if unknown:
             raise ValueError(f"{name}: unknown parameter(s) {unknown}; {name} takes {allowed or 'no parameters'}")
     return cls(domains, token_counts=token_counts, **params)
+
+
+def takes(name: str, param: str) -> bool:
+    """Whether the registered algorithm ``name`` has a constructor parameter ``param`` (e.g. ``total_steps``,
+    which the server passes to the algorithms that plan by the run's length)."""
+    cls = REGISTRY.get(name)
+    return cls is not None and param in inspect.signature(cls.__init__).parameters

@@ -11,6 +11,21 @@ non-negative and scaled to sum 1; with ``ema`` the smoothed Ā = (1 − ema)·A 
 gives w = exp(η·Ā.sum(0)), without it w ← w·exp(η·A.sum(0)). The rest of the round trains
 on w / Σw.
 
+The probe budget follows the run's length. With ``total_steps`` (the server passes its
+``total_steps``; ``mixers.train`` its ``--steps``) the first round starts after ``warmup``
+= a third of the run on the initial weights, and LearnParams may take ``probe_fraction`` (10%)
+of the run: one permutation (``lp_rounds`` 1) of ``lp_steps`` = min(reference, budget / k)
+steps per domain, repeated in as many rounds as the budget pays for, spread evenly over the
+rest of the run; no round starts that would not end before ``total_steps``. The reference
+repository instead probes from step 0 with a fixed round length, which spends 30–70% of
+every round probing for k ≥ 3 (k = 7: 140 of 200 steps); BENCHMARKS.md has the measurements
+behind these defaults (probes in the first steps of a small model cost far more than later
+ones). Without ``total_steps`` the reference timetable applies (k = 2's, or k = 7's for k ≥ 3;
+``warmup`` 1).
+η defaults to k: A is normalised to sum 1, so its column sums average 1/k and η = k keeps
+the spread of the exploit weights independent of k (the reference's η ≤ 1 keeps them within
+a factor e of uniform).
+
 Feedback: ``report_eval`` (per-domain held-out loss) after the step before each round and
 after every probe segment — ``lp_rounds·k + 1`` evals per round. The weights learnt at the
 end of LearnParams apply ``feedback_lag`` steps later; until then the previous round's
@@ -33,6 +48,10 @@ REFERENCE = {
     2: {"lp_rounds": 4, "lp_steps": 4, "eta": 0.2, "update_every": 250, "one_hot_factor": 0.625},
     7: {"lp_rounds": 2, "lp_steps": 10, "eta": 1.0, "update_every": 200, "one_hot_factor": 0.75},
 }
+#: with ``total_steps``: share of the run on the initial weights before the first round
+WARMUP_FRACTION = 1 / 3
+#: with ``total_steps``: default share of the run spent in LearnParams
+PROBE_FRACTION = 0.1
 
 
 def probe_matrix(k: int, one_hot_factor: float) -> np.ndarray:
@@ -54,6 +73,48 @@ def normalize_interactions(a: np.ndarray) -> np.ndarray:
     return a / total if total > 0 else np.full_like(a, 1.0 / a.size)
 
 
+def plan_rounds(
+    k: int,
+    total_steps: int,
+    probe_fraction: float,
+    *,
+    lp_rounds: int | None = None,
+    lp_steps: int | None = None,
+    update_every: int | None = None,
+    warmup: int | None = None,
+) -> dict[str, int]:
+    """The timetable for a run of ``total_steps`` steps: settings given stay, the others follow the budget.
+
+    ``warmup`` = a third of the run; a budget of ``probe_fraction · total_steps`` probe steps; ``lp_rounds``
+    1; ``lp_steps`` = min(the reference's, budget / (lp_rounds·k)); as many rounds as the budget pays
+    for, ``update_every`` = the steps after warmup / rounds. Returns lp_rounds, lp_steps, update_every,
+    warmup and ``rounds``: the rounds that end by ``total_steps``. Raises ValueError naming the setting
+    that leaves no room.
+    """
+    ref = REFERENCE[2 if k == 2 else 7]
+    warmup = max(1, round(WARMUP_FRACTION * total_steps)) if warmup is None else warmup
+    budget = int(probe_fraction * total_steps)
+    lp_rounds = 1 if lp_rounds is None else lp_rounds
+    if lp_steps is None:
+        lp_steps = min(ref["lp_steps"], budget // (lp_rounds * k))
+        if lp_steps < 1:
+            raise ValueError(
+                f"aioli: a probe budget of {budget} steps (`probe_fraction` {probe_fraction} of `total_steps` "
+                f"{total_steps}) cannot probe each of the {k} domains once; raise `probe_fraction` or set `lp_steps`"
+            )
+    per_round = lp_rounds * k * lp_steps
+    if update_every is None:
+        update_every = max(2, (total_steps - warmup) // max(1, budget // per_round))
+    rounds = max(0, (total_steps - warmup) // update_every)
+    if rounds == 0:
+        raise ValueError(
+            f"aioli: no round of {update_every} steps (`update_every`) fits in `total_steps` {total_steps} "
+            f"after `warmup` {warmup}"
+        )
+    return {"lp_rounds": lp_rounds, "lp_steps": lp_steps, "update_every": update_every, "warmup": warmup,
+            "rounds": rounds}  # fmt: skip
+
+
 @register("aioli")
 class Aioli(MixingAlgorithm):
     """Aioli: probe each domain, estimate the interaction matrix, exponentiated-gradient weights.
@@ -61,7 +122,7 @@ class Aioli(MixingAlgorithm):
     Args:
         lp_rounds: permutations of the domains probed per round.
         lp_steps: steps per probe segment.
-        eta: step size of the exponentiated update.
+        eta: step size of the exponentiated update (default: k with ``normalize``, else the reference's).
         ema: smoothing of A across rounds, in [0, 1) (both reference settings: 0.1), or
             ``None`` for the multiplicative update.
         update_every: steps per round (LearnParams plus training on the learnt weights).
@@ -69,8 +130,12 @@ class Aioli(MixingAlgorithm):
         normalize: shift and scale A before the update (Aioli's ``normalize_A``).
         warmup: steps on the initial weights before the first round (>= 1: the first
             round's baseline eval is taken after step ``warmup - 1``).
+        total_steps: the run's length (the server passes it when it knows it): the timetable
+            is planned by :func:`plan_rounds` and no round starts that would not end in time.
+        probe_fraction: with ``total_steps``: the share of the run spent in LearnParams.
         seed: seeds the probe order.
-    Unset settings (``None``) take Aioli's reference values for 2 domains, or for 7 when k >= 3.
+    Unset settings (``None``) follow ``total_steps`` when it is known; otherwise they take Aioli's
+    reference values for 2 domains, or for 7 when k >= 3 (``warmup`` 1).
     """
 
     feedback_kinds = frozenset({REPORT_EVAL})
@@ -87,7 +152,9 @@ class Aioli(MixingAlgorithm):
         update_every: int | None = None,
         one_hot_factor: float | None = None,
         normalize: bool = True,
-        warmup: int = 1,
+        warmup: int | None = None,
+        total_steps: int | None = None,
+        probe_fraction: float = PROBE_FRACTION,
         seed: int = 0,
     ) -> None:
         super().__init__(domains, token_counts=token_counts)
@@ -98,14 +165,32 @@ class Aioli(MixingAlgorithm):
         if empty:
             raise ValueError(f"aioli: probes every domain, but {empty} have no training tokens")
         ref = REFERENCE[2 if k == 2 else 7]
-        self.lp_rounds = check_int(ref["lp_rounds"] if lp_rounds is None else lp_rounds, "aioli: `lp_rounds`", 1)
-        self.lp_steps = check_int(ref["lp_steps"] if lp_steps is None else lp_steps, "aioli: `lp_steps`", 1)
-        self.update_every = check_int(
-            ref["update_every"] if update_every is None else update_every, "aioli: `update_every`", 2
-        )
-        self.warmup = check_int(warmup, "aioli: `warmup`", 1)
+        for name, v in (("lp_rounds", lp_rounds), ("lp_steps", lp_steps), ("warmup", warmup)):
+            if v is not None:
+                check_int(v, f"aioli: `{name}`", 1)
+        if update_every is not None:
+            check_int(update_every, "aioli: `update_every`", 2)
+        self.total_steps = None if total_steps is None else check_int(total_steps, "aioli: `total_steps`", 1)
+        self.probe_fraction = check_number(probe_fraction, "aioli: `probe_fraction`", 0.0, 1.0)
+        if self.total_steps is not None:
+            t = plan_rounds(
+                k, self.total_steps, self.probe_fraction,
+                lp_rounds=lp_rounds, lp_steps=lp_steps, update_every=update_every, warmup=warmup,
+            )  # fmt: skip
+            lp_rounds, lp_steps, update_every, warmup = t["lp_rounds"], t["lp_steps"], t["update_every"], t["warmup"]
+            self.rounds: int | None = t["rounds"]
+        else:
+            lp_rounds = ref["lp_rounds"] if lp_rounds is None else lp_rounds
+            lp_steps = ref["lp_steps"] if lp_steps is None else lp_steps
+            update_every = ref["update_every"] if update_every is None else update_every
+            warmup = 1 if warmup is None else warmup
+            self.rounds = None
+        self.lp_rounds, self.lp_steps, self.update_every, self.warmup = lp_rounds, lp_steps, update_every, warmup
         self.seed = check_int(seed, "aioli: `seed`", 0)
-        self.eta = check_number(ref["eta"] if eta is None else eta, "aioli: `eta`", 0.0)
+        self.normalize = bool(normalize)
+        if eta is None:
+            eta = float(k) if self.normalize else ref["eta"]
+        self.eta = check_number(eta, "aioli: `eta`", 0.0)
         self.ema = None if ema is None else check_number(ema, "aioli: `ema`", 0.0, 1.0)
         self.one_hot_factor = check_number(
             ref["one_hot_factor"] if one_hot_factor is None else one_hot_factor, "aioli: `one_hot_factor`", 0.0
@@ -114,7 +199,6 @@ class Aioli(MixingAlgorithm):
             raise ValueError(
                 f"aioli: `one_hot_factor` must be in (1/k, 1] = ({1 / k:.3f}, 1], got {self.one_hot_factor}"
             )
-        self.normalize = bool(normalize)
         self.probe_steps = self.lp_rounds * k * self.lp_steps
         if self.probe_steps >= self.update_every:
             raise ValueError(
@@ -132,9 +216,15 @@ class Aioli(MixingAlgorithm):
 
     # ------------------------------------------------------------------ timetable
     def _position(self, step: int) -> tuple[int, int] | None:
-        """(round, position in round) of ``step``, or None during warmup."""
+        """(round, position in round) of ``step``, or None during warmup. After the last planned round
+        (``total_steps`` known) every step is past LearnParams: position ``update_every`` of that round."""
         u = step - self.warmup
-        return None if u < 0 else divmod(u, self.update_every)
+        if u < 0:
+            return None
+        r, p = divmod(u, self.update_every)
+        if self.rounds is not None and r >= self.rounds:
+            return self.rounds - 1, self.update_every
+        return r, p
 
     def probe_order(self, round_: int) -> list[int]:
         """Domain indices probed in ``round_``'s segments, in order (lp_rounds permutations)."""

@@ -5,6 +5,7 @@ Run standalone (``python -m mixers.cli`` is the same command)::
     python -m mixers.server.cli out/run --mixer temperature --temperature 3 --seq-len 2048 --global-batch 64
     python -m mixers.server.cli out/run --mixer static --weights web=0.7,code=0.3 --port 8815
     python -m mixers.server.cli out/run --resume-from ckpt/mixer_state.json
+    python -m mixers.server.cli out/run --mixer aioli --total-steps 2000 --epoch-cap code=2 --epoch-cap docs=4
     SLUICE_MIXER_TOKEN=… python -m mixers.server.cli out/run --host 0.0.0.0 --tls-cert cert.pem --tls-key key.pem
 """
 
@@ -83,6 +84,14 @@ def serve(
         DEFAULTS["feedback_lag"], "--feedback-lag", help="Steps between feedback and the weights it moves."
     ),
     prefetch: int = typer.Option(8, "--prefetch", help="Global steps produced ahead of the trainer."),
+    epoch_cap: list[str] | None = typer.Option(
+        None,
+        "--epoch-cap",
+        help="DOMAIN=E: serve at most E epochs of DOMAIN's train tokens (then its weight is 0); repeat.",
+    ),
+    total_steps: int | None = typer.Option(
+        None, "--total-steps", help="The run's length in steps: Aioli's probe budget, checked against --epoch-cap."
+    ),
     log_every: float = typer.Option(30.0, "--log-every", help="Seconds between status log lines (0: off)."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Log more."),
 ) -> None:
@@ -97,7 +106,10 @@ def serve(
     for noisy in ("ray", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
+        from mixers.server.caps import parse_caps
+
         params = _params(param, weights, temperature)
+        caps = parse_caps(epoch_cap or [])
         state = load_state(resume_from) if resume_from else None
         if state is not None:
             given = {"mixer": mixer, "seq_len": seq_len, "global_batch": global_batch, "seed": seed}
@@ -108,6 +120,10 @@ def serve(
                     raise ValueError(f"--{k.replace('_', '-')} {v} conflicts with the resumed state's {recorded[k]}")
             if params and params != state["mixer"].get("params"):
                 raise ValueError("mixer parameters cannot change on resume (the state records them)")
+            if caps and caps != state["config"].get("epoch_caps", {}):
+                raise ValueError("--epoch-cap cannot change on resume (the state records the caps)")
+            if total_steps is not None and total_steps != state["config"].get("total_steps"):
+                raise ValueError("--total-steps cannot change on resume (the state records it)")
         config = MixerConfig(
             seq_len=seq_len,
             global_batch=global_batch,
@@ -117,6 +133,8 @@ def serve(
             shuffle_window=shuffle_window,
             feedback_lag=feedback_lag,
             prefetch=prefetch,
+            epoch_caps=caps,
+            total_steps=total_steps,
         )
         server = start_server(
             out,

@@ -22,6 +22,7 @@ import numpy as np
 
 from mixers.algorithms.base import REPORT, REPORT_ALIGNMENT, REPORT_EVAL, MixingAlgorithm
 from mixers.checks import check_int, is_int
+from mixers.server.caps import check_budget
 from mixers.server.corpus import HOLDOUT, TRAIN, Corpus
 from mixers.server.feedback import FeedbackError, parse_alignment, parse_eval, parse_report
 from mixers.server.ledger import Ledger, Snapshot, TokenMeter
@@ -62,6 +63,10 @@ class MixerConfig:
         feedback_lag: feedback for step s can move the weights from step s + lag on; the
             producer runs at most ``lag`` steps ahead of the feedback an algorithm waits for.
         prefetch: global steps produced ahead of the furthest step a rank asked for.
+        epoch_caps: domain -> the most epochs of its train tokens served (:mod:`mixers.server.caps`);
+            a domain at its cap gets weight 0 and the others are renormalised.
+        total_steps: the run's length in steps, if known: algorithms that plan by it (Aioli's probe
+            budget) get it, and epoch caps that cannot serve it are refused at start.
     """
 
     seq_len: int = 2048
@@ -72,17 +77,27 @@ class MixerConfig:
     shuffle_window: int = 1
     feedback_lag: int = 4
     prefetch: int = 8
+    epoch_caps: dict[str, float] = field(default_factory=dict)
+    total_steps: int | None = None
 
     def __post_init__(self) -> None:
         for name, lo in (("seq_len", 1), ("global_batch", 1), ("shuffle_window", 1), ("feedback_lag", 1)):
             check_int(getattr(self, name), name, lo)
         check_int(self.prefetch, "prefetch", 0)
+        if self.total_steps is not None:
+            check_int(self.total_steps, "total_steps", 1)
 
     def __str__(self) -> str:
         return f"{self.mixer}_L{self.seq_len}_B{self.global_batch}_seed{self.seed}_win{self.shuffle_window}"
 
-    def recorded(self) -> dict[str, int]:
-        return {k: getattr(self, k) for k in ("seq_len", "global_batch", "shuffle_window", "feedback_lag")}
+    def recorded(self) -> dict[str, Any]:
+        keys = ("seq_len", "global_batch", "shuffle_window", "feedback_lag")
+        out: dict[str, Any] = {k: getattr(self, k) for k in keys}
+        if self.epoch_caps:
+            out["epoch_caps"] = dict(self.epoch_caps)
+        if self.total_steps is not None:
+            out["total_steps"] = self.total_steps
+        return out
 
 
 class MixerEngine:
@@ -111,7 +126,11 @@ class MixerEngine:
             config = self._config_from_state(config, state)
         self.config = config
         self.ledger = Ledger(self.domains, self.train_tokens, config, state)
-        if state is None:
+        if state is None:  # a resumed run was checked when it started
+            check_budget(
+                self.ledger.caps, self.domains, self.train_tokens, config.seq_len, config.global_batch,
+                config.total_steps,
+            )  # fmt: skip
             self.base = 0
             cursors = np.zeros(len(self.domains), np.int64)
         else:
@@ -183,6 +202,8 @@ class MixerEngine:
             shuffle_window=int(rec.get("shuffle_window", config.shuffle_window)),
             feedback_lag=int(rec.get("feedback_lag", config.feedback_lag)),
             prefetch=config.prefetch,
+            epoch_caps=dict(rec.get("epoch_caps", {})),
+            total_steps=rec.get("total_steps"),
         )
 
     def start(self) -> MixerEngine:
@@ -215,7 +236,7 @@ class MixerEngine:
         with self._gen_lock:
             return build_batch(
                 self.streams, self.config.seed, step, self.config.global_batch, self.config.seq_len,
-                weights, cursors, exact,
+                weights, cursors, exact, self.ledger.limits,
             )  # fmt: skip
 
     def _produce_loop(self) -> None:
@@ -229,6 +250,7 @@ class MixerEngine:
                     if self._stop.is_set():
                         return
                     t = self._next
+                    self.ledger.apply_caps(t, self._cursors)
                     if not self._close(t - self.config.feedback_lag):
                         return
                     self.ledger.apply_plan(t)
@@ -433,7 +455,8 @@ class MixerEngine:
             if not self._wait_produced(step, REPORT_WAIT, poll=0.5):
                 raise FeedbackError(f"{REPORT}: step {step} has not been produced (next step: {self._next})")
             self.ledger.check_world(world)
-        self.ledger.check_tokens(step, rank, world, tokens)
+        snap = self._snapshots.get(step)
+        self.ledger.check_tokens(step, rank, world, tokens, None if snap is None else snap.cursors)
 
     # ------------------------------------------------------------------ state
     def checkpoint(self, step: int | None = None, timeout: float = 30.0) -> dict[str, Any]:

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mixers.algorithms import build
+from mixers.algorithms import build, takes
 from mixers.algorithms.base import REPORT, REPORT_EVAL, MixingAlgorithm, normalize_weights
+from mixers.server.caps import check_caps, limits
 from mixers.server.feedback import FeedbackError, StepFeedback
 from mixers.server.sampler import slot_domains
 from mixers.server.state import Schedule, make_state
@@ -42,6 +43,11 @@ class Ledger:
     """What the mixer decided and was told: the algorithm and its state, the weight schedule, the
     feedback received per step, the last closed step, the trainer's world size, the last losses.
 
+    Epoch caps (:mod:`mixers.server.caps`): before producing a step the engine gives the ledger the
+    cursors there (:meth:`apply_caps`); a domain that has reached its cap gets weight 0 from then on
+    (a schedule entry with reason ``epoch_cap:<domain>``, the others renormalised), and so does every
+    weight the algorithm sets later.
+
     Args:
         domains: the served domains, sorted.
         train_tokens: train tokens per domain.
@@ -55,7 +61,13 @@ class Ledger:
         self.domains = domains
         self.train_tokens = train_tokens
         self.config = config
-        self.algorithm: MixingAlgorithm = build(config.mixer, domains, train_tokens, **dict(config.mixer_params))
+        params = dict(config.mixer_params)
+        if config.total_steps is not None and takes(config.mixer, "total_steps"):
+            params.setdefault("total_steps", config.total_steps)  # the mixer params win (null: no planning)
+        self.algorithm: MixingAlgorithm = build(config.mixer, domains, train_tokens, **params)
+        self.caps = check_caps(config.epoch_caps, domains)
+        self.limits = limits(self.caps, domains, train_tokens, config.seq_len) if self.caps else None
+        self.full: frozenset[str] = frozenset()  # domains at their cap at the step being produced
         if state is None:
             init = self.checked(self.algorithm.weights(), f"{config.mixer}.weights()")
             self.schedule = Schedule([{"step": 0, "weights": init, "reason": f"init:{config.mixer}"}])
@@ -85,6 +97,37 @@ class Ledger:
             raise ValueError(f"{where}: positive weight on domain(s) {empty} that have no training tokens")
         return w
 
+    def apply_caps(self, t: int, cursors: np.ndarray) -> None:
+        """Before producing step ``t`` (cursors at its start): note which domains are at their cap and, if
+        the weights in force still serve one, zero it from ``t`` on (reason ``epoch_cap:<domains>``).
+        Weights the algorithm sets from ``t`` on are then masked too (:meth:`masked`)."""
+        if self.limits is None:
+            return
+        self.full = frozenset(d for d, c, n in zip(self.domains, cursors.tolist(), self.limits.tolist()) if c >= n)
+        e = self.schedule.entry(t)
+        hit = sorted(d for d in self.full if e["weights"][d] > 0)
+        if hit:
+            w = self.masked(e["weights"], f"step {t}")
+            self.schedule.add(t, w, f"epoch_cap:{','.join(hit)}", bool(e.get("exact", False)))
+            logger.info("step %d: weights %s (epoch cap reached: %s)", t, _fmt(w), ", ".join(hit))
+
+    def room(self, cursors: np.ndarray | None) -> np.ndarray | None:
+        """Sequences each domain may still be served from ``cursors`` on (None: no caps, or unknown cursors)."""
+        if self.limits is None or cursors is None:
+            return None
+        return np.maximum(self.limits - cursors, 0)
+
+    def masked(self, weights: dict[str, float], where: str) -> dict[str, float]:
+        """``weights`` with the domains at their cap set to 0 and the rest renormalised."""
+        if not self.full or not any(weights[d] > 0 for d in self.full):
+            return weights
+        out = {d: 0.0 if d in self.full else w for d, w in weights.items()}
+        total = sum(out.values())
+        if total <= 0:
+            caps = ", ".join(f"{d} {self.caps[d]:g}" for d in sorted(self.full))
+            raise ValueError(f"{where}: every domain with weight > 0 has reached its epoch cap (epochs: {caps})")
+        return {d: w / total for d, w in out.items()}
+
     def weights_at(self, step: int) -> tuple[np.ndarray, bool]:
         """The weights in force at ``step`` as a vector in domain order, and whether they are exact counts."""
         e = self.schedule.entry(step)
@@ -95,7 +138,7 @@ class Ledger:
         p = self.algorithm.plan(t)
         if p is None:
             return
-        w = self.checked(p.weights, f"{self.config.mixer}.plan({t})")
+        w = self.masked(self.checked(p.weights, f"{self.config.mixer}.plan({t})"), f"{self.config.mixer}.plan({t})")
         e = self.schedule.entry(t)
         if w != e["weights"] or p.exact != bool(e.get("exact", False)):
             self.schedule.add(t, w, p.reason, p.exact)
@@ -129,7 +172,8 @@ class Ledger:
             self.algo_state = _copy(self.algorithm.state_dict())
             if new is not None:
                 at = c + self.config.feedback_lag
-                w = self.checked(new, f"{self.config.mixer}.update() at step {c}")
+                where = f"{self.config.mixer}.update() at step {c}"
+                w = self.masked(self.checked(new, where), where)
                 if w != self.schedule.at(at):
                     self.schedule.add(at, w, f"{self.config.mixer}@{c}")
                     logger.info("step %d: weights %s (%s@%d)", at, _fmt(w), self.config.mixer, c)
@@ -156,16 +200,21 @@ class Ledger:
         if self.world is not None and world != self.world:
             raise FeedbackError(f"{REPORT}: world {world} differs from this server's world {self.world}")
 
-    def check_tokens(self, step: int, rank: int, world: int, tokens: dict[str, int]) -> None:
+    def check_tokens(
+        self, step: int, rank: int, world: int, tokens: dict[str, int], cursors: np.ndarray | None = None
+    ) -> None:
         """Refuse a `report` that claims more tokens of a domain than ``rank``'s slice of ``step`` holds
-        (fewer is fine: a trainer may mask positions)."""
+        (fewer is fine: a trainer may mask positions). With epoch caps the slices depend on the cursors at
+        ``step``: without them (a step before a resumed server's first) the check is skipped."""
+        if self.limits is not None and cursors is None:
+            return
         B = self.config.global_batch
         try:
             weights, exact = self.weights_at(step)
         except ValueError:
             raise FeedbackError(f"{REPORT}: step {step} is before this server's schedule") from None
         per = B // world
-        ids = slot_domains(self.config.seed, step, B, weights, exact)[rank * per : (rank + 1) * per]
+        ids = slot_domains(self.config.seed, step, B, weights, exact, self.room(cursors))[rank * per : (rank + 1) * per]
         served = dict(zip(self.domains, (np.bincount(ids, minlength=len(self.domains)) * self.config.seq_len).tolist()))
         over = ", ".join(f"{d}: {n} > {served[d]}" for d, n in sorted(tokens.items()) if n > served[d])
         if over:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from mixers.hashing import SALT_DOCS, SALT_DRAW, SALT_UNITS, key64, name_key, permutation, uniforms
+from mixers.hashing import SALT_CAP, SALT_DOCS, SALT_DRAW, SALT_UNITS, key64, name_key, permutation, uniforms
 from mixers.server.corpus import Corpus, SplitIndex
 
 logger = logging.getLogger(__name__)
@@ -67,12 +67,36 @@ def place_exact(seed: int, step: int, counts: np.ndarray) -> np.ndarray:
     return ids[permutation(key64(SALT_DRAW, seed, step, 1), len(ids))]
 
 
-def slot_domains(seed: int, step: int, global_batch: int, weights: np.ndarray, exact: bool = False) -> np.ndarray:
+def slot_domains(
+    seed: int, step: int, global_batch: int, weights: np.ndarray, exact: bool = False, room: np.ndarray | None = None
+) -> np.ndarray:
     """Domain ids (int16) of the ``global_batch`` slots of ``step``: drawn from ``weights``, or (``exact``)
-    exactly the per-domain counts of :func:`exact_counts` placed by hash. Depends on nothing else."""
+    exactly the per-domain counts of :func:`exact_counts` placed by hash.
+
+    ``room`` (epoch caps, :mod:`mixers.server.caps`): the most sequences each domain may still be
+    served. A domain drawn more often keeps its first ``room`` slots; the others are drawn again,
+    hashed from (seed, step, round), from the weights of the domains that still have room.
+    Depends on nothing else. Raises ValueError if no domain with weight > 0 has room left.
+    """
     if exact:
-        return place_exact(seed, step, exact_counts(weights, global_batch))
-    return draw_domains(seed, step, global_batch, weights)
+        ids = place_exact(seed, step, exact_counts(weights, global_batch))
+    else:
+        ids = draw_domains(seed, step, global_batch, weights)
+    if room is None:
+        return ids
+    w = np.array(weights, np.float64, copy=True)
+    room = np.asarray(room, np.int64)
+    for round_ in range(len(w) + 1):
+        counts = np.bincount(ids, minlength=len(w))
+        over = counts > room
+        w[counts >= room] = 0.0  # full after this step: no more draws
+        if not over.any():
+            return ids
+        free = np.sort(np.concatenate([np.flatnonzero(ids == d)[max(int(room[d]), 0) :] for d in np.flatnonzero(over)]))
+        if w.sum() <= 0:
+            raise ValueError(f"step {step}: every domain with weight > 0 has reached its epoch cap")
+        ids[free] = draw_domains(key64(SALT_CAP, seed, step), round_, len(free), w)
+    raise AssertionError("unreachable: each round fills at least one more domain")  # pragma: no cover
 
 
 class PackedStream:
@@ -261,11 +285,14 @@ def build_batch(
     weights: np.ndarray,
     cursors: np.ndarray,
     exact: bool = False,
+    limits: np.ndarray | None = None,
 ) -> GlobalBatch:
     """Global step ``step``: draw each slot's domain (or, ``exact``, place exact per-domain counts),
     then fill the slots of each domain, in slot order, with that domain's next packed sequences
-    starting at its cursor."""
-    drawn = slot_domains(seed, step, global_batch, weights, exact)
+    starting at its cursor. ``limits``: the most sequences each domain may be served in the whole
+    run (epoch caps); the step's draws respect ``limits - cursors``."""
+    room = None if limits is None else np.maximum(limits - np.asarray(cursors, np.int64), 0)
+    drawn = slot_domains(seed, step, global_batch, weights, exact, room)
     ids, ids_buf = _arrow_backed((global_batch,), np.int16)
     ids[:] = drawn
     out, out_buf = _arrow_backed((global_batch, seq_len), streams[0].corpus.token_type)

@@ -10,6 +10,7 @@ from typing import Any
 
 from mixers.algorithms.base import normalize_weights
 from mixers.checks import int_range, is_int
+from mixers.server.caps import check_caps
 from mixers.server.feedback import FeedbackError, _per_domain
 
 STATE_FORMAT = "sluice.mixer.state"
@@ -97,7 +98,8 @@ def make_state(
         mixer                {name, params, state}: the algorithm, its CLI params, its state_dict
         closed_through       last step whose feedback the algorithm has taken
         feedback             per-step feedback received for steps after closed_through
-        config               seq_len, global_batch, shuffle_window, feedback_lag
+        config               seq_len, global_batch, shuffle_window, feedback_lag; epoch_caps
+                             {domain: epochs} and total_steps when set
         epoch_tokens         train tokens per domain
         corpus               digest of the train index (shards, row groups, rows, lengths); a
                              resume onto different shards is refused
@@ -152,6 +154,12 @@ def check_state(state: Any) -> dict[str, Any]:
     for key in ("shuffle_window", "feedback_lag"):
         if key in config:
             _int(config, key, f"config.{key}", 1)
+    if config.get("total_steps") is not None:
+        _int(config, "total_steps", "config.total_steps", 1)
+    try:
+        check_caps(config.get("epoch_caps"), domains, "config.epoch_caps")
+    except ValueError as e:
+        raise ValueError(f"mixer state: {e}") from None
     for key in ("cursors", "epoch_tokens"):
         if set(_obj(state[key], key)) != set(domains):
             raise ValueError(f"mixer state: `{key}` must name exactly the state's domains {domains}")

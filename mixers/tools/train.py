@@ -209,6 +209,7 @@ def eval_set_batches(
 @dataclass
 class TrainConfig:
     steps: int = 300
+    total_steps: int | None = None  # the planned length (LR schedule) if the run stops early at `steps`
     lr: float = 3e-3
     min_lr: float = 3e-4
     warmup: int = 20
@@ -226,7 +227,8 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warmup, then cosine decay to ``min_lr`` at ``steps``."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    frac = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    total = cfg.total_steps or cfg.steps
+    frac = min(1.0, (step - cfg.warmup) / max(1, total - cfg.warmup))
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * frac))
 
 
@@ -273,8 +275,15 @@ class Trainer:
             return causal_lm_loss(model, batch)
 
     def evaluate(self) -> dict[str, float]:
-        """Per-domain held-out loss on the first ``eval_sequences`` held-out sequences of each domain."""
-        batches = {d: self.stream.held_out(d, 8, self.cfg.eval_sequences) for d in self.stream.domains}
+        """Per-domain held-out loss on the first ``eval_sequences`` held-out sequences of each domain
+        (domains the run's split left without held-out documents are not scored; a warning says so once)."""
+        have = self.stream.info.get("holdout_tokens") or {}
+        domains = [d for d in self.stream.domains if have.get(d, 1) > 0]
+        if len(domains) < len(self.stream.domains) and not getattr(self, "_warned_holdout", False):
+            self._warned_holdout = True
+            missing = sorted(set(self.stream.domains) - set(domains))
+            logger.warning("no held-out documents in %s: their held-out loss is not logged", ", ".join(missing))
+        batches = {d: self.stream.held_out(d, 8, self.cfg.eval_sequences) for d in domains}
         return held_out_losses(self.model, batches, self._loss)
 
     def evaluate_sets(self) -> dict[str, float]:
@@ -309,7 +318,11 @@ class Trainer:
 
     def _log_eval(self, step: int, losses: dict[str, float]) -> None:
         weights = self.stream.status()["weights"]
-        row = {"step": step, "eval_loss": losses, "mean_eval_loss": sum(losses.values()) / len(losses)}
+        row = {
+            "step": step,
+            "eval_loss": losses,
+            "mean_eval_loss": sum(losses.values()) / len(losses) if losses else None,
+        }
         if self.eval_sets:
             sets = self.evaluate_sets()
             row.update(eval_set_loss=sets, mean_eval_set_loss=sum(sets.values()) / len(sets))
@@ -357,7 +370,7 @@ class Trainer:
         sets = self.evaluate_sets()
         return {
             "final_eval_loss": final,
-            "mean_eval_loss": sum(final.values()) / len(final),
+            "mean_eval_loss": sum(final.values()) / len(final) if final else None,
             "final_eval_set_loss": sets,
             "mean_eval_set_loss": sum(sets.values()) / len(sets) if sets else None,
             "schedule": server["schedule"],
@@ -419,6 +432,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--global-batch", type=int, default=16, help="with --serve: sequences per step")
     p.add_argument("--feedback-lag", type=int, default=2, help="with --serve: steps between feedback and its effect")
     p.add_argument("--mixer-seed", type=int, default=0, help="with --serve: the server's sampling seed")
+    p.add_argument(
+        "--epoch-cap",
+        action="append",
+        default=[],
+        metavar="DOMAIN=E",
+        help="with --serve: serve at most E epochs of DOMAIN (then its weight is 0); repeat",
+    )
     p.add_argument("--token", default=None, help="bearer token for --server")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB, help="the tokenizer's vocabulary size")
@@ -430,6 +450,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-head", type=int, default=2)
     p.add_argument("--n-embd", type=int, default=64)
     p.add_argument("--steps", type=int, default=300)
+    p.add_argument(
+        "--total-steps",
+        type=int,
+        default=None,
+        help="the length the run is planned for (LR schedule; with --serve the mixer's total_steps), when this "
+        "invocation stops earlier at --steps and a later --resume continues (default: --steps)",
+    )
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--eval-sequences", type=int, default=16, help="held-out sequences per domain per eval")
@@ -482,6 +509,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.resume and args.serve:
         state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)["stream"]["server"]
     if args.serve:
+        from mixers.server.caps import parse_caps
         from mixers.server.engine import MixerConfig
         from mixers.server.flight import start_server
 
@@ -492,6 +520,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             mixer=args.mixer,
             mixer_params=_mixer_params(args.param),
             feedback_lag=args.feedback_lag,
+            epoch_caps=parse_caps(args.epoch_cap),
+            total_steps=args.total_steps or args.steps,  # the server plans by it (Aioli's probe budget)
         )
         server = start_server(args.serve, config, state=state, log_every=0)
         location = server.location
@@ -515,6 +545,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model = GPT(GPTConfig(n_vocab, args.seq_len, args.n_layer, args.n_head, args.n_embd))
         cfg = TrainConfig(
             steps=args.steps,
+            total_steps=args.total_steps,
             lr=args.lr,
             min_lr=args.lr / 10,
             eval_every=args.eval_every,

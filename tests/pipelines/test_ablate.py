@@ -28,6 +28,14 @@ def runs(tmp_path_factory, ray_session):
         )
         run(parse_recipe(text), recipe_text=text)
     write_jsonl(root / "eval.jsonl", [{"question": f"What is item {i}?", "answer": prose(i)} for i in range(6)])
+    # a run whose split leaves `wiki` without held-out documents
+    text = (
+        f"inputs:\n  - {{path: {root}/in/web.jsonl, domain: web, id_field: id}}\n"
+        f"  - {{path: {root}/in/wiki.jsonl, domain: wiki, id_field: id}}\n"
+        f"stages:\n  - {{op: tokenize}}\n  - {{op: split, holdout_fraction: {{web: 0.1, wiki: 0.0}}}}\n"
+        f"output: {{dir: {root}/noholdout}}\n"
+    )
+    run(parse_recipe(text), recipe_text=text)
     (root / "notok").mkdir()
     text = f"inputs:\n  - {{path: {root}/in/web.jsonl, domain: web, id_field: id}}\noutput: {{dir: {root}/notok}}\n"
     run(parse_recipe(text), recipe_text=text)
@@ -94,6 +102,17 @@ def test_bad_specs_fail_before_training_naming_the_field(runs):
         "dedup": {"run": str(runs / "dedup"), "mixer": "dga", "target": "wiki"},
     }
     assert load_spec(_spec(runs, variants=variants)).variants["dedup"].target == "wiki"
+    # epoch caps that cannot serve budget.steps (every domain capped), or name an unknown domain
+    caps = {"web": 0.5, "wiki": 0.5}
+    variants = {"raw": {"run": str(runs / "raw")}, "dedup": {"run": str(runs / "dedup"), "epoch_caps": caps}}
+    with pytest.raises(
+        AblationError, match=r"variants.dedup.epoch_caps: the caps allow at most \d+ steps .*budget.steps is 100,000"
+    ):
+        load_spec(_spec(runs, variants=variants, budget={"steps": 100_000, "global_batch": 4}))
+    assert load_spec(_spec(runs, variants=variants)).variants["dedup"].epoch_caps == caps  # 4 steps fit
+    variants["dedup"]["epoch_caps"] = {"code": 1}
+    with pytest.raises(AblationError, match=r"variants.dedup.epoch_caps: unknown domain\(s\) \['code'\]"):
+        load_spec(_spec(runs, variants=variants))
 
 
 def test_weight_series_averages_seeds_and_skips_static_mixtures():
@@ -107,3 +126,35 @@ def test_weight_series_averages_seeds_and_skips_static_mixtures():
     assert series["a"] == ([0, 10], [0.5, 0.8]) and series["b"][1] == [0.5, pytest.approx(0.2)]
     static = [[{"step": s, "weights": {"a": 0.5, "b": 0.5}} for s in (0, 10)]]
     assert weight_series(static) == {}
+
+
+def test_a_domain_without_held_out_documents(runs, tmp_path):
+    """A feedback mixer needs held-out loss in every domain: refused before training, naming the domain.
+    A fixed mixture trains, and the held-out domains that exist are logged."""
+    variants = {"raw": {"run": str(runs / "raw")}, "nohold": {"run": str(runs / "noholdout"), "mixer": "aioli"}}
+    with pytest.raises(
+        AblationError, match=r"variants.nohold.run: .* no held-out documents in wiki, and mixer 'aioli'"
+    ):
+        load_spec(_spec(runs, variants=variants))
+    variants["nohold"] = {"run": str(runs / "noholdout")}
+    summary = ablate(load_spec(_spec(runs, variants=variants, seeds=[0])), tmp_path / "abl")
+    assert summary["variants"]["nohold"]["tokens"] == [4 * 4 * 16]
+    hist = json.loads((tmp_path / "abl/runs/nohold/seed0/ablation.json").read_text())["result"]["history"]
+    assert set(hist[-1]["eval_loss"]) == {"web"}
+
+
+def test_a_run_curated_again_is_trained_again():
+    """The key of a finished pair carries the run's shard digests, not only the command line."""
+    import pipelines.ablate as ab
+
+    def digest(shards):
+        ab.read_manifest = lambda run: {"shards": shards, "finished": "now"}
+        return ab.run_digest("out/x")
+
+    saved = ab.read_manifest
+    try:
+        a = digest([{"path": "shards/domain=a/part-0.parquet", "sha256": "1"}])
+        assert a == digest([{"path": "shards/domain=a/part-0.parquet", "sha256": "1", "rows": 3}])
+        assert a != digest([{"path": "shards/domain=a/part-0.parquet", "sha256": "2"}])
+    finally:
+        ab.read_manifest = saved

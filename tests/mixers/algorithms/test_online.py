@@ -165,6 +165,61 @@ def test_aioli_rejects_bad_settings():
         build("aioli", D, COUNTS, ema=1.5)
 
 
+def probed(algo, steps):
+    """Steps whose planned mixture is a probe (exact counts)."""
+    return [t for t in range(steps) if (p := algo.plan(t)) is not None and p.exact]
+
+
+def test_aioli_plans_its_probe_budget_by_the_run_length():
+    d4 = ["a", "b", "c", "d"]
+    counts = dict.fromkeys(d4, 1000)
+    # the benchmark's setting (4 domains, 300 steps): a third on the initial weights, one round whose
+    # LearnParams is 7 steps per domain (28 <= 10% of the run), then the learnt weights to the end
+    algo = build("aioli", d4, counts, total_steps=300)
+    assert (algo.warmup, algo.lp_rounds, algo.lp_steps, algo.update_every, algo.rounds) == (100, 1, 7, 200, 1)
+    assert probed(algo, 300) == list(range(100, 128))
+    assert [t for t in range(300) if algo.needs(t)] == [99, 106, 113, 120, 127]
+    assert algo.eta == 4.0  # η = k with a normalised A
+    # 2,000 steps: reference-length segments (10 steps), as many rounds as 10% pays for, evenly spread
+    algo = build("aioli", d4, counts, total_steps=2000)
+    assert (algo.warmup, algo.lp_steps, algo.update_every, algo.rounds) == (667, 10, 266, 5)
+    steps = probed(algo, 2000)
+    assert len(steps) == 200 and steps[0] == 667 and steps[-1] == 667 + 4 * 266 + 39
+    # the reference timetable (no total_steps) probes from step 1 and spends 40% of each round on it at k = 4
+    ref = build("aioli", d4, counts)
+    assert probed(ref, 400) == list(range(1, 81)) + list(range(201, 281)) and ref.eta == 4.0
+    # given settings stay; a round that would not end by total_steps does not start
+    algo = build("aioli", D, COUNTS, total_steps=100, lp_rounds=1, lp_steps=2, update_every=30)
+    assert algo.warmup == 33 and algo.rounds == 2
+    assert probed(algo, 100) == list(range(33, 39)) + list(range(63, 69))
+    assert not any(algo.needs(t) for t in range(69, 100))
+
+
+def test_aioli_refuses_a_run_too_short_for_its_budget():
+    with pytest.raises(ValueError, match=r"a probe budget of 2 steps .* cannot probe each of the 3 domains once"):
+        build("aioli", D, COUNTS, total_steps=20)
+    with pytest.raises(ValueError, match=r"no round of 200 steps \(`update_every`\) fits in `total_steps` 150"):
+        build("aioli", D, COUNTS, total_steps=150, update_every=200)
+    with pytest.raises(
+        ValueError, match=r"no round of 2 steps \(`update_every`\) fits in `total_steps` 300 after `warmup` 300"
+    ):
+        build("aioli", D, COUNTS, total_steps=300, warmup=300)
+    assert build("aioli", D, COUNTS, total_steps=20, lp_steps=1).probe_steps == 3
+
+
+def test_aioli_with_a_planned_budget_beats_stratified_and_the_reference_timetable_on_a_simulated_law():
+    """TRANSFER (the optimum puts 0.92 on a), 1,000 steps, noisy evals: the planned timetable (90 probe
+    steps from step 333, η = 3) gains more over stratified than the reference one (300 from step 1, η = 1)."""
+    ref = {"lp_rounds": 2, "lp_steps": 10, "update_every": 200, "eta": 1.0}
+    for seed in (0, 1, 2):
+        _, strat = simulate("stratified", TRANSFER, seed, noise=0.02)
+        _, old = simulate("aioli", TRANSFER, seed, noise=0.02, **ref)
+        algo = build("aioli", D, COUNTS, total_steps=STEPS, seed=seed)
+        trace = run(algo, SimulatedTrainer(TRANSFER, noise=0.02, seed=seed), STEPS, lag=4, seed=seed)
+        assert len(probed(algo, STEPS)) == 90 and algo.rounds_done == algo.rounds == 3
+        assert trace.average_loss < strat.average_loss - 0.03 and trace.average_loss < old.average_loss
+
+
 # ---------------------------------------------------------------- DGA
 
 

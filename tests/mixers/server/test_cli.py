@@ -38,6 +38,11 @@ def test_registers_as_a_typer_command_and_refuses_bad_starts(run_dir):
     assert r.exit_code == 2 and "`weights` is required" in r.output
     r = CliRunner().invoke(_app(), ["serve", "/nonexistent/run", "--port", "0"])
     assert r.exit_code == 2 and "error:" in r.output
+    r = CliRunner().invoke(_app(), ["serve", str(run_dir[0]), "--port", "0", "--epoch-cap", "c"])
+    assert r.exit_code == 2 and "--epoch-cap: expected DOMAIN=EPOCHS, got 'c'" in r.output
+    caps = ["--epoch-cap", "a=0.1", "--epoch-cap", "b=0.1", "--epoch-cap", "c=0.1", "--total-steps", "10000"]
+    r = CliRunner().invoke(_app(), ["serve", str(run_dir[0]), "--port", "0", "--seq-len", "32", *caps])
+    assert r.exit_code == 2 and "epoch_caps: the caps allow at most" in r.output and "total_steps is 10,000" in r.output
 
 
 def _port() -> int:

@@ -28,7 +28,14 @@ def fake_eval(step: int, domains: list[str]) -> dict[str, float]:
     return {d: 6.0 - 0.05 * step * (3 - i) for i, d in enumerate(domains)}
 
 
-def train(location: str, steps: int, state=None, group: int | None = None) -> tuple[list, MixtureStream]:
+def slow_eval(step: int, domains: list[str]) -> dict[str, float]:
+    """fake_eval's shape, falling slowly enough to stay positive over 60 steps."""
+    return {d: 6.0 - 0.01 * step * (3 - i) for i, d in enumerate(domains)}
+
+
+def train(
+    location: str, steps: int, state=None, group: int | None = None, evals=fake_eval
+) -> tuple[list, MixtureStream]:
     s = MixtureStream(location, prefetch=2, reconnect_timeout=30, group=group)
     if state is not None:
         s.load_state_dict(state)
@@ -37,7 +44,7 @@ def train(location: str, steps: int, state=None, group: int | None = None) -> tu
         got.append((b["step"], b["input_ids"].numpy().copy(), b["domain"].numpy().copy(), b["due"]))
         s.report(b["step"], torch.full((len(b["domain"]),), 3.0), b["domain"])
         if REPORT_EVAL in b["due"]:
-            s.report_eval(b["step"], fake_eval(b["step"], s.domains))
+            s.report_eval(b["step"], evals(b["step"], s.domains))
         if len(got) == steps:
             break
     return got, s
@@ -82,6 +89,34 @@ def test_aioli_state_survives_a_restart_mid_round(serve):
         for a, b in zip(both, ref):
             assert np.array_equal(a[1], b[1]) and np.array_equal(a[2], b[2]) and a[3] == b[3]
         assert end["schedule"] == ref_state["schedule"] and end["mixer"] == ref_state["mixer"]
+
+
+def test_aioli_plans_by_the_servers_total_steps_and_a_resumed_server_keeps_the_plan(serve):
+    """total_steps 60, probe_fraction 0.2, 2-step segments: a third (20 steps) on the initial weights, then
+    two rounds of 20 steps whose LearnParams are steps 20-25 and 40-45; a server resumed mid-round without
+    total_steps in its own config plans by the state's."""
+    planned = MixerConfig(
+        seq_len=32, global_batch=8, seed=5, mixer="aioli", mixer_params={"lp_steps": 2, "probe_fraction": 0.2},
+        feedback_lag=2, prefetch=3, total_steps=60,
+    )  # fmt: skip
+    ref, s = train(serve(planned).location, 60, evals=slow_eval)
+    whole = s.state_dict()["server"]
+    s.close()
+    probes = [e["step"] for e in whole["schedule"] if e["reason"].startswith("aioli:probe:")]
+    assert probes == [20, 22, 24, 40, 42, 44] and whole["config"]["total_steps"] == 60
+    assert [g[0] for g in ref if g[3]] == [19, 21, 23, 25, 39, 41, 43, 45]
+    assert whole["mixer"]["state"]["rounds_done"] == 2
+    first = serve(planned)
+    head, s = train(first.location, 23, evals=slow_eval)
+    state = s.state_dict()
+    s.close()
+    first.close()
+    unplanned = MixerConfig(seq_len=32, global_batch=8, seed=5, mixer="aioli", mixer_params=planned.mixer_params)
+    tail, s2 = train(serve(unplanned, state=state["server"]).location, 37, state=state, evals=slow_eval)
+    end = s2.state_dict()["server"]
+    s2.close()
+    assert all(np.array_equal(a[1], b[1]) and a[3] == b[3] for a, b in zip(ref, head + tail, strict=True))
+    assert end["schedule"] == whole["schedule"] and end["mixer"] == whole["mixer"]
 
 
 def test_dga_announces_alignment_and_run_eval_reports_held_out_losses(serve):

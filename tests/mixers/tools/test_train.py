@@ -37,12 +37,15 @@ def test_reference_trainer_learns_with_aioli_and_plots(run_dir, tmp_path):
 
 
 def test_resume_continues_model_and_mixer_exactly(run_dir, tmp_path):
+    """A run planned for 10 steps, stopped after 6 and resumed, equals the uninterrupted one (the mixer
+    and the LR schedule plan by --total-steps, recorded in the mixer state)."""
     whole = main(args(run_dir[0], tmp_path / "whole", 10))
     part = tmp_path / "part"
-    main(args(run_dir[0], part, 6))
+    main(args(run_dir[0], part, 6, "--total-steps", "10"))
     resumed = main(args(run_dir[0], part, 10, "--resume"))
     assert resumed["schedule"] == whole["schedule"] and resumed["mixer"] == whole["mixer"]
     assert resumed["final_eval_loss"] == pytest.approx(whole["final_eval_loss"], rel=1e-5)
+    assert whole["mixer"]["state"]["rounds_done"] >= 1  # the schedule the two agree on has a learnt round
 
 
 def test_eval_sets_are_scored_on_the_same_tokens_at_every_eval(run_dir, tmp_path):
