@@ -44,10 +44,6 @@ from storage.run import write_text_atomic
 logger = logging.getLogger(__name__)
 
 
-#: mixers whose weights do not follow feedback: they train without held-out documents in every domain
-FIXED_MIXERS = frozenset({"static", "stratified", "schedule"})
-
-
 class Variant(BaseModel):
     """One arm: a curated, tokenized run, served with a mixer (``stratified`` by default)."""
 
@@ -125,7 +121,7 @@ def load_spec(path: str | Path) -> AblationSpec:
             raise AblationError(f"variants.{name}.target: {v.target!r} is not a domain of {v.run!r} {sorted(domains)}")
         if v.epoch_caps:
             _check_caps(spec, name, v)
-        if v.mixer not in FIXED_MIXERS:
+        if needs_held_out(v.mixer):
             from mixers.server.corpus import Corpus
 
             empty = sorted(d for d, n in Corpus(v.run).tokens("holdout").items() if n == 0)
@@ -141,6 +137,15 @@ def load_spec(path: str | Path) -> AblationSpec:
         except EvalSetError as e:
             raise AblationError(f"eval[{i}]: {e}") from None
     return spec
+
+
+def needs_held_out(mixer: str) -> bool:
+    """Whether a mixer steers on held-out loss or gradients (``feedback_kinds``): every domain needs held-out data."""
+    from mixers.algorithms import REGISTRY
+    from mixers.algorithms.base import REPORT_ALIGNMENT, REPORT_EVAL
+
+    cls = REGISTRY.get(mixer)
+    return cls is not None and bool(cls.feedback_kinds & {REPORT_EVAL, REPORT_ALIGNMENT})
 
 
 def _check_caps(spec: AblationSpec, name: str, v: Variant) -> None:

@@ -130,7 +130,10 @@ def file_state(params: dict[str, Any]) -> list[tuple[str, int, int]]:
     for k in sorted(FILE_PARAMS & params.keys()):
         values = params[k] if isinstance(params[k], list) else [params[k]]
         for v in values:
-            if isinstance(v, str) and os.path.isfile(path := v.partition("=")[0] if not os.path.isfile(v) else v):
+            if not isinstance(v, str):
+                continue
+            path = v if os.path.isfile(v) else v.partition("=")[0]  # an eval set may be given as PATH=DOMAIN
+            if os.path.isfile(path):
                 st = os.stat(path)
                 out.append((os.path.realpath(path), st.st_size, st.st_mtime_ns))
     return out

@@ -279,9 +279,8 @@ class Trainer:
         (domains the run's split left without held-out documents are not scored; a warning says so once)."""
         have = self.stream.info.get("holdout_tokens") or {}
         domains = [d for d in self.stream.domains if have.get(d, 1) > 0]
-        if len(domains) < len(self.stream.domains) and not getattr(self, "_warned_holdout", False):
-            self._warned_holdout = True
-            missing = sorted(set(self.stream.domains) - set(domains))
+        missing = sorted(set(self.stream.domains) - set(domains))
+        if missing and not self.history:  # said once, at the first eval
             logger.warning("no held-out documents in %s: their held-out loss is not logged", ", ".join(missing))
         batches = {d: self.stream.held_out(d, 8, self.cfg.eval_sequences) for d in domains}
         return held_out_losses(self.model, batches, self._loss)

@@ -136,6 +136,9 @@ def test_a_domain_without_held_out_documents(runs, tmp_path):
         AblationError, match=r"variants.nohold.run: .* no held-out documents in wiki, and mixer 'aioli'"
     ):
         load_spec(_spec(runs, variants=variants))
+    from pipelines.ablate import needs_held_out
+
+    assert needs_held_out("dga") and not needs_held_out("ado") and not needs_held_out("stratified")  # ADO: train loss
     variants["nohold"] = {"run": str(runs / "noholdout")}
     summary = ablate(load_spec(_spec(runs, variants=variants, seeds=[0])), tmp_path / "abl")
     assert summary["variants"]["nohold"]["tokens"] == [4 * 4 * 16]
@@ -143,18 +146,14 @@ def test_a_domain_without_held_out_documents(runs, tmp_path):
     assert set(hist[-1]["eval_loss"]) == {"web"}
 
 
-def test_a_run_curated_again_is_trained_again():
+def test_a_run_curated_again_is_trained_again(monkeypatch):
     """The key of a finished pair carries the run's shard digests, not only the command line."""
     import pipelines.ablate as ab
 
     def digest(shards):
-        ab.read_manifest = lambda run: {"shards": shards, "finished": "now"}
+        monkeypatch.setattr(ab, "read_manifest", lambda run: {"shards": shards, "finished": "now"})
         return ab.run_digest("out/x")
 
-    saved = ab.read_manifest
-    try:
-        a = digest([{"path": "shards/domain=a/part-0.parquet", "sha256": "1"}])
-        assert a == digest([{"path": "shards/domain=a/part-0.parquet", "sha256": "1", "rows": 3}])
-        assert a != digest([{"path": "shards/domain=a/part-0.parquet", "sha256": "2"}])
-    finally:
-        ab.read_manifest = saved
+    a = digest([{"path": "shards/domain=a/part-0.parquet", "sha256": "1"}])
+    assert a == digest([{"path": "shards/domain=a/part-0.parquet", "sha256": "1", "rows": 3}])
+    assert a != digest([{"path": "shards/domain=a/part-0.parquet", "sha256": "2"}])
