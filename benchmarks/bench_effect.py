@@ -141,16 +141,36 @@ def temperature_weights(tokens: dict[str, int], t: float) -> dict[str, float]:
     return {d: round(x / total, 6) for d, x in raw.items()}
 
 
+def mixing_run(work: Path, holdout: float, log: list[str]) -> Path:
+    """The curated recipe with a larger held-out split: the feedback mixers (Aioli, ADO, ODM, DGA)
+    steer on held-out loss per domain, and 1% left curated ``python`` without held-out documents."""
+    data = yaml.safe_load((work / "curated.yaml").read_text())
+    for stage in data["stages"]:
+        if stage["op"] == "split":
+            stage["holdout_fraction"] = holdout
+    out = work / "runs" / "curated-mix"
+    data["output"] = {"dir": str(out)}
+    path = work / "curated-mix.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False, width=140))
+    if not (out / "manifest.json").exists():
+        sh("curate", str(path), "-o", str(out), log=log)
+    return out
+
+
 def mixing(work: Path, a: argparse.Namespace, log: list[str]) -> dict:
     """Stratified vs temperature vs the ``sluice mixsearch`` mixture vs Aioli, ADO, ODM and DGA
-    (steered to ``--target``), all on the curated run, same model and tokens, every seed."""
+    (steered to ``--target``), all on the curated run (re-split, :func:`mixing_run`), same model and
+    tokens, every seed."""
     from mixers.server.corpus import Corpus
 
-    run = work / "runs" / "curated"
+    run = mixing_run(work, a.mix_holdout, log)
     evals = [f"{work / 'data/eval' / f'{d}.jsonl'}={d}" for d in DOMAINS]
+    # mixsearch chooses on validation sets that are not the eval sets it is judged on: the second
+    # half of the reference (clean documents from source files neither the corpus nor the eval set has)
+    validation = [f"{work / f'calibration_{d}.jsonl'}={d}" for d in DOMAINS]
     search = work / "mixsearch"
     if not (search / "mixsearch.json").exists():
-        args = [str(run), *[x for e in evals for x in ("--eval", e)], "--mixtures", str(a.mixtures)]
+        args = [str(run), *[x for e in validation for x in ("--eval", e)], "--mixtures", str(a.mixtures)]
         args += ["--steps", str(a.proxy_steps), "--epoch-cap", str(a.epoch_cap), "-o", str(search)]
         sh("mixsearch", *args, log=log)
     found = json.loads((search / "mixsearch.json").read_text())
@@ -269,6 +289,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--proxy-steps", type=int, default=300, help="steps per mixsearch proxy")
     p.add_argument("--epoch-cap", type=float, default=6.0, help="mixsearch: at most this many epochs of a domain")
     p.add_argument("--target", default="postgres", help="DGA's target domain")
+    p.add_argument("--mix-holdout", type=float, default=0.05, help="held-out share of the mixing part's curated run")
     a = p.parse_args(argv)
     work = a.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
