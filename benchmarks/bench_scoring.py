@@ -216,6 +216,8 @@ def bench_perplexity_throughput(op, texts: list[str], rounds: int) -> dict:
                 m[r, : len(q)] = 1
             with torch.inference_mode():
                 op.model(input_ids=x.to(op.device), attention_mask=m.to(op.device), use_cache=False)
+        if op.device.type == "cuda":  # the forward passes are queued on a GPU: time them to the end
+            torch.cuda.synchronize()
 
     runs = {
         "scorer": lambda: op(batch),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import time
 from typing import Any
 
@@ -113,7 +114,7 @@ def apply_stages(ds, recipe: Recipe, start: int, end: int, extra: dict[str, Any]
             ds = ds.map_batches(
                 ModelChain,
                 batch_format="pyarrow",
-                fn_constructor_kwargs={"specs": specs, "stats": stats},
+                fn_constructor_kwargs={"specs": specs, "stats": stats, "pools": 0 if on_gpu else pools},
                 concurrency=gpus if on_gpu else 1,
                 num_gpus=1 if on_gpu else 0,
                 num_cpus=1 if on_gpu else cpu_share,
@@ -145,14 +146,37 @@ def _cluster_cpus() -> int:
     return cpus()
 
 
-class ModelChain:
-    """Actor-pool wrapper for model operators: loads the model once per actor."""
+def model_threads(node_cpus: int, pools: int) -> int:
+    """Torch threads of one CPU model actor when ``pools`` model stages share a node's CPUs."""
+    return max(1, node_cpus // max(1, pools))
 
-    def __init__(self, specs: list, stats=None) -> None:
+
+def set_torch_threads(n: int) -> None:
+    """Intra-op threads of this process's torch (process-wide: call it in an actor, not a shared task worker)."""
+    import torch
+
+    if torch.get_num_threads() != n:
+        logger.info("model actor: %d torch threads (was %d)", n, torch.get_num_threads())
+        torch.set_num_threads(n)
+
+
+class ModelChain:
+    """Actor-pool wrapper for model operators: loads the model once per actor.
+
+    On CPU (``pools`` > 0, the number of model stages in the segment) the actor's torch uses its share
+    of the node's CPUs, not the one thread Ray's ``OMP_NUM_THREADS`` gives an actor: the actor reserves
+    less than a CPU so reads cannot starve, but a model forward pass is where a segment's time goes.
+    """
+
+    def __init__(self, specs: list, stats=None, pools: int = 0) -> None:
         self.key = f"model-{id(self)}"
         self.specs = specs
         self.stats = stats
         _chain(self.key, specs)
+        if pools and "torch" in sys.modules:  # a fastText-only chain does not pay torch's import
+            from pipelines.cluster import node_cpus
+
+            set_torch_threads(model_threads(node_cpus(), pools))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return run_chain(batch, key=self.key, specs=self.specs, stats=self.stats)

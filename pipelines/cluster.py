@@ -36,6 +36,17 @@ def cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
+def node_cpus() -> int:
+    """CPUs Ray gives the node this process runs on (the whole cluster's when the node is not found)."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    for n in ray.nodes():
+        if n.get("NodeID") == node and n.get("Alive"):
+            return max(1, int(n.get("Resources", {}).get("CPU", 1)))
+    return cpus()
+
+
 def describe_cluster() -> dict:
     """What the manifest records about the cluster: alive nodes, CPUs, GPUs, and whether it was joined."""
     import ray

@@ -1,0 +1,29 @@
+"""Model stages on CPU: the actor's torch uses the node's CPUs it shares with other model stages."""
+
+from __future__ import annotations
+
+from pipelines.chain import ModelChain, model_threads
+from tests.conftest import make_batch
+
+SPECS = [("perplexity", "perplexity", "quarantine", {"max_tokens": 16, "batch_size": 2})]
+
+
+def test_model_stages_split_the_node_cpus():
+    assert [model_threads(2, p) for p in (1, 2, 3)] == [2, 1, 1]
+    assert model_threads(16, 3) == 5
+
+
+def test_a_cpu_model_actor_uses_the_node_not_one_thread(ray_session):
+    """Ray gives a 0.5-CPU actor OMP_NUM_THREADS=1; the chain's torch gets the node's 2 CPUs and still scores."""
+    ray = ray_session
+    actor = ray.remote(num_cpus=0.5)(ModelChain).remote(specs=SPECS, pools=1)
+
+    def torch_threads(_chain: ModelChain) -> int:
+        import torch
+
+        return torch.get_num_threads()
+
+    assert ray.get(actor.__ray_call__.remote(torch_threads)) == 2
+    out = ray.get(actor.__call__.remote(make_batch(["The cat sat on the mat.", "Dogs bark at night."])))
+    assert out.column("ppl").null_count == 0
+    ray.kill(actor)
