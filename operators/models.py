@@ -170,6 +170,14 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def gpu_dtype():
+    """bf16 where the GPU computes it natively (compute capability 8.0 on), else float16: on a T4 or V100
+    bf16 is emulated (slow) and vLLM refuses it."""
+    import torch
+
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+
+
 def load_tokenizer(spec: str):
     from transformers import AutoTokenizer
 
@@ -177,12 +185,12 @@ def load_tokenizer(spec: str):
 
 
 def load_causal_lm(spec: str):
-    """(model, tokenizer) in eval mode: bf16 on a GPU, float32 on CPU."""
+    """(model, tokenizer) in eval mode: bf16 (or float16, :func:`gpu_dtype`) on a GPU, float32 on CPU."""
     import torch
     from transformers import AutoModelForCausalLM
 
     dev = device()
-    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
+    dtype = gpu_dtype() if dev == "cuda" else torch.float32
     path = resolve(spec)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(dev).eval()
     return model, load_tokenizer(spec)

@@ -372,11 +372,12 @@ class VLLMBackend:
             raise ValueError(problem)
         from vllm import LLM
 
-        from operators.models import resolve
+        from operators.models import gpu_dtype, resolve
 
         self.spec = model
         self.sampling = sampling
-        self.llm = LLM(model=resolve(model), seed=sampling.seed, **{"dtype": "bfloat16", **engine_kwargs})
+        dtype = str(gpu_dtype()).removeprefix("torch.")
+        self.llm = LLM(model=resolve(model), seed=sampling.seed, **{"dtype": dtype, **engine_kwargs})
         self.counters = Counters()
 
     @property
