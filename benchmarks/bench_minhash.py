@@ -327,20 +327,36 @@ print("RESULT " + json.dumps({"seconds": total, "stages": t, "flagged": flagged,
 
 def run_datatrove(python: str, input_dir: Path, files: int, workers: int, work: Path) -> dict:
     args = {"input": str(input_dir), "work": str(work), "workers": workers, "files": files}
+    res = run_script(python, DATATROVE, args)
+    res["flagged"] = set(res["flagged"])
+    return res
+
+
+def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, float, float]:
+    """Run ``cmd`` to its end: (the finished process with its stdout and stderr, wall seconds from start to exit,
+    CPU seconds of the process and every process it started, polled by :class:`TreeCpu`)."""
     with TreeCpu() as cpu_meter, tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([python, "-c", DATATROVE, json.dumps(args)], stdout=out, stderr=err, text=True)
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env)
         cpu_meter.watch(proc.pid)
         proc.wait()
+        wall = time.perf_counter() - t0
         out.seek(0)
         err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    cpu = cpu_meter.total  # the datatrove process and all its workers, imports included
-    line = next((ln for ln in stdout.splitlines() if ln.startswith("RESULT ")), None)
-    if proc.returncode != 0 or line is None:
-        raise RuntimeError(f"datatrove run failed ({proc.returncode}):\n{stderr[-3000:]}")
+        done = subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read())
+    return done, wall, cpu_meter.total
+
+
+def run_script(python: str, script: str, args: dict, env: dict[str, str] | None = None) -> dict:
+    """Run ``script`` (Python source that prints one ``RESULT <json>`` line) in another interpreter, e.g. a venv
+    with datatrove, with ``args`` as JSON in ``sys.argv[1]``; its result with ``wall_seconds`` and ``cpu_seconds``
+    (the process and all its workers, imports included) added."""
+    done, wall, cpu = run_measured([python, "-c", script, json.dumps(args)], env)
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if done.returncode != 0 or line is None:
+        raise RuntimeError(f"{python} run failed ({done.returncode}):\n{done.stderr[-3000:]}")
     res = json.loads(line[len("RESULT ") :])
-    res["flagged"] = set(res["flagged"])
-    res["cpu_seconds"] = cpu
+    res["wall_seconds"], res["cpu_seconds"] = wall, cpu
     return res
 
 
