@@ -196,3 +196,24 @@ def test_data_without_the_url_field_fails_the_stage_naming_it(tmp_path, lists, r
     with pytest.raises(Exception, match=r"no 'url' column \(its input fields: link\)"):
         run(parse_recipe(text), recipe_text=text)
     assert not list((tmp_path / "out").glob("shards/**/*.parquet"))
+
+
+def test_a_large_domain_list_blocks_exactly_its_domains_in_little_memory(tmp_path):
+    """200k domains (a real list has millions): every listed one blocks itself and its subdomains, nothing else."""
+    listed = [f"site{i:06d}.example{i % 7}.org" for i in range(0, 400_000, 2)]
+    (tmp_path / "domains").write_text("# generated\n" + "\n".join(listed) + "\n\n*.Wild.Example.\n")
+    op = URLFilter(stage="url", block_domains=str(tmp_path / "domains"))
+    assert len(op.hosts) == len(listed) + 1
+    assert op.hosts.hashes.nbytes + op.hosts.domains.nbytes < 64 * len(listed)  # ~30 bytes/domain, not a set's ~300
+    urls = [f"https://www.site{i:06d}.example{i % 7}.org/x" for i in range(1000, 1100)]
+    urls += ["https://a.b.wild.example/", "https://wild.example.com/", "https://example1.org/"]
+    got = op.match_many(urls)
+    assert [g is not None for g in got[:100]] == [i % 2 == 0 for i in range(1000, 1100)]
+    assert got[100] == ("url_blocked_domain", "block_domains: wild.example")
+    assert got[101:] == [None, None]
+
+
+def test_a_list_that_is_not_utf8_is_an_error_naming_it(tmp_path):
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9.com\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1\.txt is not a text file of one entry a line"):
+        URLFilter(stage="url", block_domains=str(tmp_path / "latin1.txt"))
