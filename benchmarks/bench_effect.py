@@ -162,6 +162,7 @@ def mixing(work: Path, a: argparse.Namespace, log: list[str]) -> dict:
     (steered to ``--target``), all on the curated run (re-split, :func:`mixing_run`), same model and
     tokens, every seed."""
     from mixers.server.corpus import Corpus
+    from pipelines.mixsearch import choose
 
     run = mixing_run(work, a.mix_holdout, log)
     evals = [f"{work / 'data/eval' / f'{d}.jsonl'}={d}" for d in DOMAINS]
@@ -174,6 +175,9 @@ def mixing(work: Path, a: argparse.Namespace, log: list[str]) -> dict:
         args += ["--steps", str(a.proxy_steps), "--epoch-cap", str(a.epoch_cap), "-o", str(search)]
         sh("mixsearch", *args, log=log)
     found = json.loads((search / "mixsearch.json").read_text())
+    if "chosen" not in found:  # written before mixsearch fell back to the best sampled mixture: apply that rule
+        found = choose(found)
+        (search / "mixsearch.json").write_text(json.dumps(found, indent=1))
     tokens = Corpus(str(run)).tokens("train")
     variants = {
         "stratified": {"run": str(run)},
@@ -200,7 +204,18 @@ def mixing(work: Path, a: argparse.Namespace, log: list[str]) -> dict:
     target = {name: row["delta_vs_baseline"][a.target]["per_seed"] for name, row in v.items()}
     summary = {
         "mixsearch_weights": found["weights"],
-        "mixsearch_fit": {k: found.get(k) for k in ("fit", "held_out_r2", "predicted_loss", "validated_loss")},
+        "mixsearch_fit": {
+            k: found.get(k)
+            for k in (
+                "fit",
+                "held_out_r2",
+                "predicted_loss",
+                "validated_loss",
+                "best_sampled_loss",
+                "chosen",
+                "proposal",
+            )
+        },
         "delta_mean_vs_stratified": per,
         f"delta_{a.target}_vs_stratified": target,
         "target_mixsearch_no_worse_on_mean": statistics.mean(per["mixsearch"]) <= 0,

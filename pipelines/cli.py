@@ -302,7 +302,8 @@ def mixsearch_cmd(
     console.print(f"held-out R²: {rec['held_out_r2']} (using {rec['fit']})")
     console.print(
         f"predicted {rec['predicted_loss']:.4f}, validated {rec['validated_loss']:.4f} "
-        f"(best sampled {rec['best_sampled_loss']:.4f})"
+        f"(best sampled {rec['best_sampled_loss']:.4f}): using the "
+        + ("proposal" if rec["chosen"] == "proposal" else "best sampled mixture")
     )
     print(f"sluice serve {run} --mixer static {rec['weights_flag']}")
 

@@ -130,7 +130,11 @@ def mixsearch(
     caps: np.ndarray | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Sample, evaluate, fit, propose and validate; return the record (``weights`` is the proposal)."""
+    """Sample, evaluate, fit, propose and validate; return the record.
+
+    ``weights`` is the fitted law's proposal when its validation run is at least as good as every sampled
+    mixture, else the best sampled mixture (``chosen`` says which): a law that does not generalise — held-out
+    R² ≤ 0 on noisy proxies — must not hand back a mixture worse than one already measured."""
     if mixtures < 6:
         raise ValueError(f"mixsearch needs at least 6 mixtures to fit and hold out, got {mixtures}")
     w = sample_mixtures(prior, mixtures, caps, seed=seed)
@@ -141,19 +145,39 @@ def mixsearch(
     proposal = propose(model, prior, caps, seed=seed + 1)
     validated = evaluate(proposal)
     uniform = cap_weights(np.full(len(domains), 1.0 / len(domains)), caps)
-    return {
-        "domains": domains,
-        "prior": dict(zip(domains, np.round(prior, 6).tolist())),
-        "mixtures": [dict(zip(domains, np.round(x, 6).tolist())) for x in w],
-        "losses": np.round(y, 6).tolist(),
-        "held_out_r2": {k: round(v, 4) for k, v in fits.items()},
-        "fit": best_fit,
-        "weights": dict(zip(domains, np.round(proposal, 6).tolist())),
-        "predicted_loss": round(float(model.predict(proposal[None])[0]), 6),
-        "validated_loss": round(float(validated), 6),
-        "best_sampled_loss": round(float(y.min()), 6),
-        "stratified": dict(zip(domains, np.round(uniform, 6).tolist())),
-    }
+    return choose(
+        {
+            "domains": domains,
+            "prior": dict(zip(domains, np.round(prior, 6).tolist())),
+            "mixtures": [dict(zip(domains, np.round(x, 6).tolist())) for x in w],
+            "losses": np.round(y, 6).tolist(),
+            "held_out_r2": {k: round(v, 4) for k, v in fits.items()},
+            "fit": best_fit,
+            "proposal": dict(zip(domains, np.round(proposal, 6).tolist())),
+            "predicted_loss": round(float(model.predict(proposal[None])[0]), 6),
+            "validated_loss": round(float(validated), 6),
+            "best_sampled_loss": round(float(y.min()), 6),
+            "stratified": dict(zip(domains, np.round(uniform, 6).tolist())),
+        }
+    )
+
+
+def choose(record: dict[str, Any]) -> dict[str, Any]:
+    """Set ``weights`` and ``chosen`` of a mixsearch record: the proposal if it validated at least as well as
+    every sampled mixture, else the best sampled one."""
+    losses = record["losses"]
+    best = int(np.argmin(losses))
+    chosen = "proposal" if record["validated_loss"] <= losses[best] else "best_sampled"
+    if chosen == "best_sampled":
+        logger.warning(
+            "the proposal validated at %.4f, worse than the best sampled mixture (%.4f; held-out R² %s): "
+            "returning that mixture",
+            record["validated_loss"],
+            losses[best],
+            record["held_out_r2"],
+        )
+    weights = record["proposal"] if chosen == "proposal" else record["mixtures"][best]
+    return {**record, "weights": weights, "chosen": chosen}
 
 
 def weights_flag(weights: dict[str, float]) -> str:

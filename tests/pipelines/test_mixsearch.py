@@ -33,6 +33,22 @@ def test_recovers_the_optimum_of_a_simulated_law(seed):
     assert got - best < 0.2 * (uniform - best)  # recovers >= 80% of the best static mixture's gain
     assert max(res["held_out_r2"].values()) > 0.8 and res["fit"] in ("loglinear", "boosted")
     assert weights_flag(res["weights"]).startswith("--weights a=")
+    assert res["chosen"] == "proposal"  # the law generalises: its proposal beats every sampled mixture
+
+
+def test_a_law_that_does_not_generalise_returns_the_best_measured_mixture():
+    """Pure noise: no fit predicts held-out mixtures; the validated proposal is worse than the best sample."""
+    rng = np.random.default_rng(0)
+    calls = []
+
+    def evaluate(w):
+        calls.append(w)
+        return 5.0 + (1.0 if len(calls) == 13 else rng.normal(0, 0.05))  # the 13th call validates the proposal
+
+    res = mixsearch(D, np.full(3, 1 / 3), evaluate, mixtures=12, seed=0)
+    assert res["chosen"] == "best_sampled" and res["validated_loss"] > res["best_sampled_loss"]
+    best = res["mixtures"][int(np.argmin(res["losses"]))]
+    assert res["weights"] == best and res["proposal"] != best
 
 
 def test_epoch_caps_bound_every_mixture():
