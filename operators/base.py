@@ -228,11 +228,13 @@ class StageContext:
         num_partitions: partitions for the step's shuffles and aggregations.
         gpus: GPUs in the Ray cluster; 0 runs models on CPU.
         tmp_dir: a directory for spills, or None for the system's temporary directory.
+        rows: live rows the step reads, when the runner knows them (a small input is grouped in the driver).
     """
 
     num_partitions: int = 2
     gpus: int = 0
     tmp_dir: str | None = None
+    rows: int | None = None
 
 
 @dataclass

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from operators.base import GlobalStage, Prepared, StageContext, mark_removed, register
+from operators.grouping import repeated
 
 REASON_DUPLICATE_ID = "input_duplicate_id"
 
@@ -21,25 +22,15 @@ class InputIds(GlobalStage):
     ``on_duplicate_id: remove`` (the default, ``error``, fails the run on a duplicate instead).
     Repeats within one file are removed by the reader, in file order; across files the record
     from the file whose path sorts first (byte order) survives. ``dup_of`` holds the id.
-    Pass 1 groups live ids with a Ray Data hash aggregation (count, first source) and keeps
+    Pass 1 groups live ids (count, first source; :mod:`operators.grouping`) and keeps
     the repeated ones; pass 2 marks every row of a repeated id that is not from its first source.
     """
 
     @classmethod
     def prepare(cls, ds, params: dict[str, Any], ctx: StageContext) -> Prepared:
         import ray
-        from ray.data.aggregate import Count, Min
 
-        groups = (
-            ds.select_columns(["id", "source"])
-            .groupby("id", num_partitions=ctx.num_partitions)
-            .aggregate(Count(alias_name="n"), Min("source", alias_name="first"))
-            .filter(expr="n > 1")
-        )
-        schema = pa.schema([("id", pa.string()), ("n", pa.int64()), ("first", pa.string())])
-        parts = [t for t in ray.get(groups.to_arrow_refs()) if t.num_rows]
-        tables = [p.select(schema.names).cast(schema) for p in parts]
-        table = pa.concat_tables(tables) if tables else schema.empty_table()
+        table = repeated(ds.select_columns(["id", "source"]), "id", "source", ctx)
         return Prepared({"dups": ray.put(table.select(["id", "first"]))}, {"repeated_ids": int(table.num_rows)})
 
     def apply(self, batch: pa.Table, active: np.ndarray) -> pa.Table:

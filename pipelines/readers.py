@@ -429,12 +429,30 @@ def _scan_group(tasks: list[FileTask]) -> list[FileFields]:
     return [scan_file(t) for t in tasks]
 
 
+#: inputs up to this size (all local files) are scanned in this process: Ray tasks cost more than they save
+SCAN_IN_PROCESS_BYTES = 32 << 20
+
+
+def _local_bytes(tasks: list[FileTask]) -> float:
+    """Bytes of the tasks' files on local disk; infinite when one is remote (object storage)."""
+    total = 0
+    for t in tasks:
+        fs, path = resolve(t.uri)
+        if fs.type_name != "local":
+            return float("inf")
+        try:
+            total += fs.get_file_info(path).size or 0
+        except OSError:
+            return float("inf")
+    return total
+
+
 def _scan_all(tasks: list[FileTask]) -> list[FileFields]:
     if not tasks:
         return []
     import ray
 
-    if not ray.is_initialized():
+    if not ray.is_initialized() or _local_bytes(tasks) <= SCAN_IN_PROCESS_BYTES:
         return _scan_group(tasks)
     from pipelines.cluster import cpus
 

@@ -100,8 +100,8 @@ def run(recipe: Recipe, out_dir: str | None = None, *, fresh: bool = False, reci
 
 
 def _run(recipe: Recipe, rd: RunDir, out_dir: str, recipe_text: str) -> dict:
-    import ray
     import ray.data
+    from ray.data.context import ShuffleStrategy
 
     from pipelines.cluster import accelerators, describe_cluster, init_ray
     from pipelines.readers import InputDatasource
@@ -109,64 +109,21 @@ def _run(recipe: Recipe, rd: RunDir, out_dir: str, recipe_text: str) -> dict:
     source = InputDatasource(recipe.inputs)  # the one listing of the inputs: read, fingerprinted, sized
     inputs = input_state(source.tasks)
     warn_if_short_of_space(out_dir, inputs)
-    root = rd.root
     hashes = FileHashes(out_dir)
     files = stage_files(recipe, hashes)
     hashes.save()
     init_ray()
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # identical outputs across runs and resumes
+    # Ray's default hash shuffle starts aggregator actors: seconds per shuffle whatever its size
+    ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     if not sys.stderr.isatty() and not logger.isEnabledFor(logging.DEBUG):
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-second progress lines in logs
     gpus = accelerators()
     started = datetime.now(timezone.utc)
     t_run = time.perf_counter()
 
-    segments = plan_segments(recipe)
-    records: list[SegmentRecord] = []
-    for seg in segments:
-        last = seg is segments[-1]
-        ckdir = f"{root}/{STAGES}/{seg.index:02d}-{seg.name}"
-        fp = fingerprint(recipe, seg.end, inputs, files)
-        done = SegmentRecord.load(rd, ckdir)
-        step = f"[{seg.index + 1}/{len(segments)}] {seg.name}"
-        # a checkpoint is reused only in the same role: a last segment wrote the final outputs, not live/removed
-        if done and done.fingerprint == fp and done.final == last:
-            problem = done.problem(rd)
-            if problem is None:
-                logger.info("%s: checkpoint complete, skipped", step)
-                done.reused = True
-                records.append(done)
-                if seg.index == 0:
-                    _check_ids(recipe, rd, done)
-                continue
-            logger.warning("%s: checkpoint not trusted (%s); running it again", step, problem)
-        elif done:
-            same = done.fingerprint == fp
-            why = "its role changed" if same else what_changed(recipe, seg.end, done, inputs, files)
-            logger.warning("%s: checkpoint out of date (%s); running it again", step, why)
-        rd.delete(ckdir)
-        names = [s.stage_name for s in recipe.stages[seg.start : seg.end]] or ["read"]
-        logger.info("[%d/%d] running %s", seg.index + 1, len(segments), " → ".join(names))
-        try:
-            rec = run_segment(recipe, seg, ckdir, rd, last, records, gpus, source)
-        except OSError as e:  # a full disk, lost permissions, object storage errors: say where, and how to go on
-            cause = getattr(e, "cause", None)  # a RayTaskError carries the task's own exception
-            cause = cause if isinstance(cause, BaseException) else e
-            raise OSError(
-                f"{' → '.join(names)} failed writing to {out_dir!r}: {type(cause).__name__}: {cause}. "
-                "Finished segments are checkpointed: run the same command again to resume."
-            ) from e
-        rec.fingerprint, rec.sluice, rec.recipe_fingerprint = fp, sluice_version(), recipe.fingerprint(seg.end)
-        rec.inputs, rec.stage_files = inputs, files[: seg.end]
-        rec.save(rd)
-        records.append(rec)
-        if seg.index == 0:
-            _check_ids(recipe, rd, rec)
-        # later segments depend on this one: drop their stale checkpoints
-        for later in segments[seg.index + 1 :]:
-            rd.delete(f"{root}/{STAGES}/{later.index:02d}-{later.name}")
-
+    records = _run_segments(recipe, rd, out_dir, inputs, files, gpus, source)
     manifest = build_manifest(
         recipe, out_dir, records, started, time.perf_counter() - t_run, recipe_text, describe_cluster()
     )
@@ -175,6 +132,68 @@ def _run(recipe: Recipe, rd: RunDir, out_dir: str, recipe_text: str) -> dict:
         raise ConservationError(manifest["conservation"]["message"])
     _fail_on_input_errors(source.tasks, manifest)
     return manifest
+
+
+def _run_segments(
+    recipe: Recipe, rd: RunDir, out_dir: str, inputs: dict, files: list, gpus: int, source
+) -> list[SegmentRecord]:
+    """Run (or reuse the complete checkpoint of) every segment in order; their records."""
+    import ray
+
+    from pipelines.stats import RunStats
+
+    root = rd.root
+    segments = plan_segments(recipe)
+    records: list[SegmentRecord] = []
+    stats = None  # the RunStats actor, started when a segment first runs
+    try:
+        for seg in segments:
+            last = seg is segments[-1]
+            ckdir = f"{root}/{STAGES}/{seg.index:02d}-{seg.name}"
+            fp = fingerprint(recipe, seg.end, inputs, files)
+            done = SegmentRecord.load(rd, ckdir)
+            step = f"[{seg.index + 1}/{len(segments)}] {seg.name}"
+            # a checkpoint is reused only in the same role: a last segment wrote the final outputs, not live/removed
+            if done and done.fingerprint == fp and done.final == last:
+                problem = done.problem(rd)
+                if problem is None:
+                    logger.info("%s: checkpoint complete, skipped", step)
+                    done.reused = True
+                    records.append(done)
+                    if seg.index == 0:
+                        _check_ids(recipe, rd, done)
+                    continue
+                logger.warning("%s: checkpoint not trusted (%s); running it again", step, problem)
+            elif done:
+                same = done.fingerprint == fp
+                why = "its role changed" if same else what_changed(recipe, seg.end, done, inputs, files)
+                logger.warning("%s: checkpoint out of date (%s); running it again", step, why)
+            rd.delete(ckdir)
+            names = [s.stage_name for s in recipe.stages[seg.start : seg.end]] or ["read"]
+            logger.info("[%d/%d] running %s", seg.index + 1, len(segments), " → ".join(names))
+            try:
+                stats = stats or RunStats.remote()
+                rec = run_segment(recipe, seg, ckdir, rd, last, records, gpus, source, stats)
+            except OSError as e:  # a full disk, lost permissions, object storage errors: say where, and how to go on
+                cause = getattr(e, "cause", None)  # a RayTaskError carries the task's own exception
+                cause = cause if isinstance(cause, BaseException) else e
+                raise OSError(
+                    f"{' → '.join(names)} failed writing to {out_dir!r}: {type(cause).__name__}: {cause}. "
+                    "Finished segments are checkpointed: run the same command again to resume."
+                ) from e
+            rec.fingerprint, rec.sluice, rec.recipe_fingerprint = fp, sluice_version(), recipe.fingerprint(seg.end)
+            rec.inputs, rec.stage_files = inputs, files[: seg.end]
+            rec.save(rd)
+            records.append(rec)
+            if seg.index == 0:
+                _check_ids(recipe, rd, rec)
+            # later segments depend on this one: drop their stale checkpoints
+            for later in segments[seg.index + 1 :]:
+                rd.delete(f"{root}/{STAGES}/{later.index:02d}-{later.name}")
+    finally:
+        if stats is not None:
+            ray.kill(stats)
+    return records
 
 
 def _check_ids(recipe: Recipe, rd: RunDir, rec: SegmentRecord) -> None:

@@ -193,20 +193,21 @@ def run_segment(
     records: list[SegmentRecord],
     gpus: int,
     source: Any,
+    stats: Any,
 ) -> SegmentRecord:
     """Run ``seg`` after the segments in ``records`` (the previous one's checkpoint is its input; the
-    first reads ``source``, the run's :class:`~pipelines.readers.InputDatasource`)."""
+    first reads ``source``, the run's :class:`~pipelines.readers.InputDatasource`). ``stats`` is the
+    run's :class:`~pipelines.stats.RunStats` actor (one per run: an actor costs a worker process)."""
     import ray
     import ray.data
 
     from pipelines.cluster import lost_workers
-    from pipelines.stats import RunStats
 
     out_dir = rd.uri
     prev = records[-1].dir if records else None
     t0 = time.perf_counter()
     lost_before = lost_workers()
-    stats = RunStats.remote()
+    ray.get(stats.reset.remote())
     meta = None
     if prev is None:
         meta = source.scan_metadata()  # one metadata schema for every block, fixed before the read
@@ -224,7 +225,8 @@ def run_segment(
         cls = REGISTRY[first.op]
         if issubclass(cls, GlobalStage):
             tp = time.perf_counter()
-            prepared = cls.prepare(ds, stage_params(first), StageContext(_num_partitions(rows_in or 0), gpus))
+            ctx = StageContext(_num_partitions(rows_in or 0), gpus, rows=rows_in)
+            prepared = cls.prepare(ds, stage_params(first), ctx)
             prepare_s = time.perf_counter() - tp
             extra = {"_shared": prepared.shared}
             reports[first.stage_name] = prepared.report
@@ -244,7 +246,6 @@ def run_segment(
         sink = ShardSink(ckdir, CheckpointLayout(), CHECKPOINT_BYTES, _rows_per_write(CHECKPOINT_BYTES, records))
     ds.write_datasink(sink)
     snap = ray.get(stats.snapshot.remote())
-    ray.kill(stats)
     seconds = dict(snap["seconds"])
     if seg.end > seg.start and prepare_s:
         seconds[recipe.stages[seg.start].stage_name] = seconds.get(recipe.stages[seg.start].stage_name, 0) + prepare_s

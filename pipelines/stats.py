@@ -17,6 +17,10 @@ class RunStats:
     """A small actor the readers and stage chains report to (one call per file or batch)."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything reported: a new segment starts."""
         self.read: dict[str, int] = {}
         self.seconds: dict[str, float] = defaultdict(float)
         self.rows: dict[str, int] = defaultdict(int)

@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 
 from operators.base import GlobalStage, Prepared, StageContext, mark_removed, register
 from operators.dedup.components import size_histogram
+from operators.grouping import repeated
 
 
 def normalized_key(text: str) -> str:
@@ -32,8 +33,8 @@ def _keys(batch: pa.Table, active: np.ndarray) -> tuple[np.ndarray, list[str]]:
 class ExactDedup(GlobalStage):
     """Remove documents whose normalized text equals another's; the lowest ``id`` survives.
 
-    Pass 1 (``prepare``) hashes every live document and groups the hashes with a Ray Data
-    hash aggregation (count, min id), keeping only groups with more than one member (the
+    Pass 1 (``prepare``) hashes every live document and groups the hashes (count, min id;
+    :mod:`operators.grouping`), keeping only groups with more than one member (the
     report counts them by size, ``group_size_histogram``). Pass 2
     marks every member of such a group except the survivor as ``exact_duplicate`` with
     ``dup_of`` = the survivor's id. With ``domains``, only those domains take part.
@@ -42,7 +43,6 @@ class ExactDedup(GlobalStage):
     @classmethod
     def prepare(cls, ds, params: dict[str, Any], ctx: StageContext) -> Prepared:
         import ray
-        from ray.data.aggregate import Count, Min
 
         probe = cls(stage="prepare", **params)
 
@@ -50,17 +50,8 @@ class ExactDedup(GlobalStage):
             idx, keys = _keys(batch, probe.active(batch))
             return pa.table({"_h": pa.array(keys, pa.string()), "id": batch.column("id").take(pa.array(idx))})
 
-        groups = (
-            ds.map_batches(keyed, batch_format="pyarrow")
-            .groupby("_h", num_partitions=ctx.num_partitions)
-            .aggregate(Count(alias_name="n"), Min("id", alias_name="survivor"))
-        )
-        dups = groups.filter(expr="n > 1")
-        refs = dups.to_arrow_refs()
-        parts = [t for t in ray.get(refs) if t.num_rows]
-        schema = pa.schema([("_h", pa.string()), ("n", pa.int64()), ("survivor", pa.string())])
-        table = (
-            pa.concat_tables([p.select(schema.names).cast(schema) for p in parts]) if parts else schema.empty_table()
+        table = repeated(ds.map_batches(keyed, batch_format="pyarrow"), "_h", "id", ctx).rename_columns(
+            {"first": "survivor"}
         )
         sizes = table.column("n").to_numpy() if table.num_rows else np.zeros(0, dtype=np.int64)
         report = {
