@@ -721,21 +721,11 @@ def _version(dist: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- report
-STAGES = (
-    "read",
-    "url_filter",
-    "extract",
-    "language_id",
-    "gopher_repetition",
-    "gopher_quality",
-    "c4",
-    "fineweb_quality",
-    "minhash_dedup",
-    "pii",
-    "decontaminate",
-    "tokenize",
-    "split",
-)
+def stage_names() -> tuple[str, ...]:
+    """The report's columns: the read, then web.yaml's stages in order."""
+    import yaml
+
+    return ("read", *(st["op"] for st in yaml.safe_load(RECIPE.read_text())["stages"]))
 
 
 def finish(run: dict) -> dict:
@@ -769,7 +759,7 @@ def tables(result: dict) -> str:
             f"| {r.get('tokens') or 0:,} |"
         )
     lines += ["", "| stage (documents left after it) | " + " | ".join(runs) + " |", "|---|" + "---:|" * len(runs)]
-    for st in STAGES:
+    for st in stage_names():
         cells = [f"{r['stages'][st]:,}" if st in r["stages"] else "–" for r in runs.values()]
         lines.append(f"| {st} | " + " | ".join(cells) + " |")
     cal = result.get("calibration")

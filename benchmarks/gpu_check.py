@@ -514,12 +514,9 @@ def trainer(s: Sizes) -> dict[str, Any]:
             _wait_ready(proc, location, log)
             feeds["server"] = trained_from(location, s, root / "server")
         finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            from benchmarks.bench_mixer import stop_server
+
+            stop_server(proc)
 
         server = start_server(str(root / "run"), config, log_every=0)
         try:
