@@ -532,10 +532,11 @@ class MixerEngine:
         with self._cv:
             return self._meter.rates(window)
 
-    def status(self) -> dict[str, Any]:
+    def status(self, at: int | None = None) -> dict[str, Any]:
         """Serving status. ``step`` is the lowest next step among ranks with an open stream (what has
         been sent; a few batches may still be in flight or in the client's prefetch queue), ``weights``
-        the weights in force there, ``tokens_per_s`` per domain over the last 10 s."""
+        the weights in force there — or at step ``at`` when given (a trainer logging the weights of the
+        batches it trained on, not of those prefetched) — ``tokens_per_s`` per domain over the last 10 s."""
         rates = self.rates()
         with self._cv:
             ranks = {r: v for r, v in self._ranks.items() if v.get("streams", 0) > 0}
@@ -545,7 +546,7 @@ class MixerEngine:
                 "step": trainer_step,
                 "produced_through": self._next - 1,
                 "closed_through": ledger.closed,
-                "weights": ledger.schedule.at(max(trainer_step, 0)),
+                "weights": ledger.schedule.at(max(trainer_step if at is None else at, 0)),
                 "tokens_per_s": rates,
                 "tokens_served": dict(zip(self.domains, self._meter.served.tolist())),
                 "connected_ranks": sorted(ranks),

@@ -26,7 +26,7 @@ Protocol (every ticket and action body is JSON):
 ``do_action`` types
     ``report`` {step, rank, world, loss_sum: {d: float}, tokens: {d: int}, ref_loss_sum?: {d: float}};
     ``report_eval`` {step, loss: {d: float}}; ``report_alignment`` {step, alignment: {d: float}};
-    ``checkpoint`` {step?} → the state JSON; ``status`` → step, weights, tokens/s per
+    ``checkpoint`` {step?} → the state JSON; ``status`` {step?} → step, weights (at ``step`` if given), tokens/s per
     domain, connected ranks, what the producer waits for; ``info`` → domains, seq_len, ….
 
 Bad tickets and bodies get a ``FlightServerError`` with a one-line message naming the problem —
@@ -72,7 +72,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from mixers.algorithms.base import FEEDBACK_KINDS
-from mixers.checks import check_int, is_number
+from mixers.checks import check_int, is_int, is_number
 from mixers.server.engine import MixerConfig, MixerEngine, MixerFailed, RequestError
 from mixers.server.feedback import FeedbackError
 from mixers.server.sampler import GlobalBatch
@@ -270,7 +270,10 @@ class MixerServer(flight.FlightServerBase):
                     )
                 out = self.engine.checkpoint(step, timeout=float(timeout))
             elif kind == "status":
-                out = self.engine.status()
+                step = body.get("step")
+                if step is not None and (not is_int(step) or step < 0):
+                    raise RequestError(f"status: `step` must be a step number >= 0, got {step!r}")
+                out = self.engine.status(step)
                 if out["failed"]:
                     out["failed"] = _redact(out["failed"])
             elif kind == "info":

@@ -316,7 +316,7 @@ class Trainer:
         return int(state["next_step"])
 
     def _log_eval(self, step: int, losses: dict[str, float]) -> None:
-        weights = self.stream.status()["weights"]
+        weights = self.stream.status(max(step - 1, 0))["weights"]  # the last trained step's, not the prefetched
         row = {
             "step": step,
             "eval_loss": losses,

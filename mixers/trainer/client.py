@@ -541,8 +541,9 @@ class MixtureStream(IterableDataset):
             self.report_eval(step, losses)
         return losses
 
-    def status(self) -> dict[str, Any]:
-        return self._action("status")
+    def status(self, step: int | None = None) -> dict[str, Any]:
+        """The server's status; its ``weights`` are those in force at ``step`` when given."""
+        return self._action("status", None if step is None else {"step": int(step)})
 
     def checkpoint(self, step: int | None = None) -> dict[str, Any]:
         """The server state at the start of ``step`` (default: this stream's next step)."""

@@ -253,3 +253,16 @@ def test_a_grouped_stream_carries_the_same_steps_in_fewer_messages(serve):
     s.close()
     assert [b["step"] for b in got] == list(range(10))
     assert np.array_equal(torch.cat([b["input_ids"] for b in got]).numpy(), np.concatenate([t for _, t, _ in one]))
+
+
+def test_status_gives_the_weights_in_force_at_a_step(serve):
+    """A trainer logs the weights of the step it trained, not of the batches prefetched after it."""
+    phases = [[0, "a=1,b=1,c=1"], [5, "a=0.8,b=0.1,c=0.1"]]
+    srv = serve(MixerConfig(seq_len=16, global_batch=4, mixer="schedule", mixer_params={"phases": phases}, prefetch=8))
+    read_steps(srv.location, 0, 1, 0, 10)
+    assert _action(srv.location, "status", {"step": 4})["weights"] == pytest.approx(
+        {"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}
+    )
+    assert _action(srv.location, "status", {"step": 5})["weights"] == pytest.approx({"a": 0.8, "b": 0.1, "c": 0.1})
+    with pytest.raises(flight.FlightServerError, match="`step` must be a step number"):
+        _action(srv.location, "status", {"step": -1})
