@@ -1,4 +1,4 @@
-"""PII scrubbing: e-mail addresses, IP addresses, phone numbers and card numbers replaced in the text."""
+"""PII scrubbing: e-mail addresses, IP addresses, phone numbers, card numbers (regex or presidio) replaced in text."""
 
 from __future__ import annotations
 
@@ -9,8 +9,13 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import pyarrow as pa
 
-from operators.base import Operator, register
+from operators import pii_presidio
+from operators.base import Operator, Probability, check_params, register
 from storage.schema import seeded_hash, with_column
+
+Kind = Literal["email", "ip", "phone", "card", "iban", "ssn", "person", "location"]
+#: the kinds the regex backend finds; presidio finds these and the rest of ``Kind``
+REGEX_KINDS = ("email", "ip", "phone", "card")
 
 EMAIL_RE = re.compile(r"(?<![\w.+-])[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![\w-])")
 IPV4_RE = re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?![\d.])")
@@ -34,6 +39,19 @@ IP_REPLACEMENTS = (
 IPV6_REPLACEMENT = "2001:db8::1"
 PHONE_REPLACEMENT = "555-0100"
 CARD_REPLACEMENT = "0000 0000 0000 0000"
+#: the presidio backend's further kinds, in the same spirit (values no one holds)
+IBAN_REPLACEMENT = "DE00 0000 0000 0000 0000 00"
+SSN_REPLACEMENT = "000-00-0000"
+PERSON_REPLACEMENT = "Jane Doe"
+LOCATION_REPLACEMENT = "Anytown"
+FIXED = {
+    "email": EMAIL_REPLACEMENT,
+    "phone": PHONE_REPLACEMENT,
+    "iban": IBAN_REPLACEMENT,
+    "ssn": SSN_REPLACEMENT,
+    "person": PERSON_REPLACEMENT,
+    "location": LOCATION_REPLACEMENT,
+}
 
 
 def luhn_ok(digits: str) -> bool:
@@ -56,9 +74,24 @@ class PII(Operator):
     hash), so reruns give the same text. The manifest records counts per kind (``report.pii``).
     Nothing is removed: a document keeps its row, with the text scrubbed.
 
+    ``backend: presidio`` finds the entities with presidio-analyzer's recognizers instead (``pip install
+    presidio-analyzer`` and a spaCy model; checked when the recipe is validated) and replaces them with the same
+    values, the same IP rules and the same counts. Its kinds are presidio entities: ``email`` EMAIL_ADDRESS,
+    ``ip`` IP_ADDRESS, ``phone`` PHONE_NUMBER (the ``phonenumbers`` library), ``card`` CREDIT_CARD, and
+    presidio only: ``iban`` IBAN_CODE (-> ``DE00 0000 …``), ``ssn`` US_SSN (-> ``000-00-0000``), ``person``
+    PERSON (-> ``Jane Doe``) and ``location`` LOCATION (-> ``Anytown``). All but person and location are
+    pattern recognizers that need no trained model: a blank pipeline (``spacy.blank("en").to_disk(PATH)``)
+    serves them; person and location need a spaCy model with named-entity recognition (presidio's default
+    ``en_core_web_lg``). The model is given by package name or directory and never downloaded; it is loaded
+    once per worker process. Where results overlap the higher-scored (then the longer) one wins.
+
     Args:
-        kinds: which kinds to replace (``email``, ``ip``, ``phone``, ``card``).
+        kinds: which kinds to replace; ``iban``, ``ssn``, ``person`` and ``location`` need ``backend: presidio``.
         public_ips_only: replace only globally routable IP addresses (private/reserved kept).
+        backend: ``regex`` (this module's patterns) or ``presidio`` (presidio-analyzer's recognizers).
+        spacy_model: presidio only: an installed spaCy pipeline's name or a saved pipeline's directory; null is
+            presidio's default, ``en_core_web_lg``.
+        min_score: presidio only: drop results scored below this; null keeps each recognizer's own threshold.
     """
 
     metrics_key: ClassVar[str] = "pii"
@@ -66,16 +99,41 @@ class PII(Operator):
     def __init__(
         self,
         *,
-        kinds: tuple[Literal["email", "ip", "phone", "card"], ...] = ("email", "ip", "phone", "card"),
+        kinds: tuple[Kind, ...] = REGEX_KINDS,
         public_ips_only: bool = True,
+        backend: Literal["regex", "presidio"] = "regex",
+        spacy_model: str | None = None,
+        min_score: Probability | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.kinds, self.public_ips_only = set(kinds), public_ips_only
+        self.presidio = (
+            pii_presidio.PresidioFinder(spacy_model or pii_presidio.DEFAULT_SPACY_MODEL, self.kinds, min_score)
+            if _check_backend(self.kinds, backend, spacy_model, min_score)
+            else None
+        )
         self._counts: dict[str, int] = {}
 
-    def _ip(self, m: re.Match) -> str | None:
-        addr = m.group()
+    @classmethod
+    def validate_params(cls, **params: Any) -> None:
+        """The presidio backend is checked without loading its model (installed, present, fit for the kinds)."""
+        check_params(cls, params)
+        kinds = set(params.get("kinds", REGEX_KINDS))
+        spacy_model = params.get("spacy_model")
+        if _check_backend(kinds, params.get("backend", "regex"), spacy_model, params.get("min_score")):
+            pii_presidio.check(kinds, spacy_model or pii_presidio.DEFAULT_SPACY_MODEL)
+
+    def _replacement(self, kind: str, found: str) -> str | None:
+        """What replaces ``found``, a match of ``kind``; None keeps it (a private IP, a non-Luhn number)."""
+        if kind == "ip":
+            return self._ip(found)
+        if kind == "card":
+            digits = re.sub(r"\D", "", found)
+            return CARD_REPLACEMENT if 13 <= len(digits) <= 19 and luhn_ok(digits) else None
+        return FIXED[kind]
+
+    def _ip(self, addr: str) -> str | None:
         try:
             ip = ipaddress.ip_address(addr)
         except ValueError:
@@ -86,33 +144,35 @@ class PII(Operator):
             return IPV6_REPLACEMENT
         return IP_REPLACEMENTS[seeded_hash(addr, 0) % len(IP_REPLACEMENTS)]
 
-    @staticmethod
-    def _card(m: re.Match) -> str | None:
-        digits = re.sub(r"\D", "", m.group())
-        return CARD_REPLACEMENT if 13 <= len(digits) <= 19 and luhn_ok(digits) else None
-
-    def scrub(self, text: str) -> str:
-        """``text`` with the chosen kinds of personal data replaced. Every kind is found in the original
-        text; where matches overlap the earlier kind wins (e-mail, card, IP, phone), so a replacement is
-        never matched again."""
-        rules = (
-            ("email", EMAIL_RE, lambda m: EMAIL_REPLACEMENT),
-            ("card", CARD_RE, self._card),
-            ("ip", IPV4_RE, self._ip),
-            ("ip", IPV6_RE, self._ip),
-            ("phone", PHONE_RE, lambda m: PHONE_REPLACEMENT),
-        )
+    def _regex_spans(self, text: str) -> list[tuple[int, int, str, str]]:
+        """Every kind is found in the original text; where matches overlap the earlier kind wins (e-mail,
+        card, IP, phone), so a replacement is never matched again."""
+        rules = (("email", EMAIL_RE), ("card", CARD_RE), ("ip", IPV4_RE), ("ip", IPV6_RE), ("phone", PHONE_RE))
         taken: list[tuple[int, int, str, str]] = []
-        for kind, pattern, repl in rules:
+        for kind, pattern in rules:
             if kind not in self.kinds:
                 continue
             for m in pattern.finditer(text):
                 a, b = m.span()
                 if any(a < e and s < b for s, e, _, _ in taken):
                     continue
-                new = repl(m)
+                new = self._replacement(kind, m.group())
                 if new is not None:
                     taken.append((a, b, new, kind))
+        return taken
+
+    def _presidio_spans(self, text: str, found: list[tuple[int, int, str, float]]) -> list[tuple[int, int, str, str]]:
+        """presidio's results without overlaps: the higher score wins, then the longer match, then the earlier."""
+        taken: list[tuple[int, int, str, str]] = []
+        for a, b, kind, _ in sorted(found, key=lambda r: (-r[3], r[0] - r[1], r[0])):
+            if any(a < e and s < b for s, e, _, _ in taken):
+                continue
+            new = self._replacement(kind, text[a:b])
+            if new is not None:
+                taken.append((a, b, new, kind))
+        return taken
+
+    def _splice(self, text: str, taken: list[tuple[int, int, str, str]]) -> str:
         if not taken:
             return text
         out, pos = [], 0
@@ -122,11 +182,22 @@ class PII(Operator):
             self._counts[kind] = self._counts.get(kind, 0) + 1
         return "".join(out) + text[pos:]
 
+    def scrub_all(self, texts: list[str]) -> list[str]:
+        """``texts`` with the chosen kinds of personal data replaced (presidio analyses them as one batch)."""
+        if self.presidio is None:
+            return [self._splice(t, self._regex_spans(t)) for t in texts]
+        found = self.presidio.find(texts)
+        return [self._splice(t, self._presidio_spans(t, f)) for t, f in zip(texts, found)]
+
+    def scrub(self, text: str) -> str:
+        """``text`` with the chosen kinds of personal data replaced."""
+        return self.scrub_all([text])[0]
+
     def apply(self, batch: pa.Table, active: np.ndarray) -> pa.Table:
         texts = batch.column("text").to_pylist()
+        idx = [i for i in np.flatnonzero(active).tolist() if texts[i]]
         changed = False
-        for i in np.flatnonzero(active).tolist():
-            new = self.scrub(texts[i] or "")
+        for i, new in zip(idx, self.scrub_all([texts[i] for i in idx])):
             if new != texts[i]:
                 texts[i], changed = new, True
         return with_column(batch, "text", pa.array(texts, pa.string())) if changed else batch
@@ -134,3 +205,16 @@ class PII(Operator):
     def drain_metrics(self) -> dict[str, Any]:
         out, self._counts = self._counts, {}
         return out
+
+
+def _check_backend(kinds: set[str], backend: str, spacy_model: str | None, min_score: float | None) -> bool:
+    """Whether the presidio backend is chosen; ValueError for settings that belong to the other backend."""
+    if backend == "presidio":
+        return True
+    extra = sorted(kinds - set(REGEX_KINDS))
+    if extra:
+        raise ValueError(f"pii: kinds {extra} need `backend: presidio`; the regex backend finds {list(REGEX_KINDS)}")
+    for name, value in (("spacy_model", spacy_model), ("min_score", min_score)):
+        if value is not None:
+            raise ValueError(f"pii: {name} applies to `backend: presidio`, not {backend}; got {value!r}")
+    return False
