@@ -48,6 +48,13 @@ def _unchanged(out: pa.Table, batch: pa.Table) -> None:
 
 
 @pytest.fixture(scope="module")
+def blocklist(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lists") / "domains.txt"
+    path.write_text("example.org\n")  # blocks every row's url
+    return str(path)
+
+
+@pytest.fixture(scope="module")
 def evals(tmp_path_factory):
     return str(write_jsonl(tmp_path_factory.mktemp("ev") / "bench.jsonl", [{"question": ITEM, "answer": "north"}]))
 
@@ -60,6 +67,9 @@ ROW_WISE = {
     "c4": {},
     "fineweb_quality": {},
     "pii": {},
+    "language_id": {"languages": ["en"]},
+    "url_filter": {},  # block_domains: the `blocklist` fixture
+    "extract": {},
     "decontaminate": {"min_words": 5},
     "tokenize": {"tokenizer": "packaged:smollm2-135m"},
     "split": {"holdout_fraction": 0.5},
@@ -67,9 +77,10 @@ ROW_WISE = {
 
 
 @pytest.mark.parametrize("op", list(ROW_WISE))
-def test_row_wise_operators_keep_metadata(op, evals):
+def test_row_wise_operators_keep_metadata(op, evals, blocklist):
     load_all()
     params = {**ROW_WISE[op], **({"eval_sets": [evals]} if op == "decontaminate" else {})}
+    params |= {"block_domains": blocklist} if op == "url_filter" else {}
     batch = _batch()
     out = REGISTRY[op](stage=op, **params)(batch)
     _unchanged(out, batch)
