@@ -165,6 +165,13 @@ class Operator(ABC):
         return None
 
     @classmethod
+    def default_files(cls) -> dict[str, str]:
+        """Files the operator reads when the recipe leaves their parameter unset and the default is not a plain
+        value of the constructor (e.g. a model found inside an installed package): ``{param: path}``, so a
+        changed default file re-runs the stage on resume."""
+        return {}
+
+    @classmethod
     def validate_params(cls, **params: Any) -> None:
         """Raise ValueError for bad parameters before any work starts.
 

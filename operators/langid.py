@@ -146,6 +146,13 @@ class LanguageID(Operator):
     adds = ("language", "language_score")
     metrics_key: ClassVar[str] = "language_id"
 
+    @classmethod
+    def default_files(cls) -> dict[str, str]:
+        try:
+            return {"model": packaged_model_path()}
+        except ValueError:  # not installed: the stage itself says so
+            return {}
+
     def __init__(
         self,
         *,

@@ -11,6 +11,7 @@ the checkpoint's ``_SUCCESS`` so a mismatch can say what changed.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -107,8 +108,21 @@ class FileHashes:
             self.dirty = False
 
 
+def default_file_params(op: str) -> dict[str, Any]:
+    """The file-naming parameters an operator uses when the recipe leaves them unset: its constructor's string
+    defaults (``tokenizer: packaged:smollm2-135m``) and what it finds itself (:meth:`Operator.default_files`)."""
+    from operators import load_all
+    from operators.base import REGISTRY
+
+    load_all()
+    cls = REGISTRY[op]
+    sig = inspect.signature(cls.__init__).parameters
+    found = {k: p.default for k, p in sig.items() if k in FILE_PARAMS and isinstance(p.default, str)}
+    return {**found, **cls.default_files()}
+
+
 def stage_files(recipe: Recipe, hashes: FileHashes) -> list[dict[str, str]]:
-    """Per stage, ``{param: digest}`` of the local files its parameters name."""
+    """Per stage, ``{param: digest}`` of the local files its parameters name, or would use by default."""
     out = []
     for st in recipe.stages:
         files: dict[str, str] = {}
@@ -116,6 +130,7 @@ def stage_files(recipe: Recipe, hashes: FileHashes) -> list[dict[str, str]]:
             params = stage_params(st)
         except Exception:  # a recipe that validated always has params; be safe for the fingerprint
             params = dict(st.params)
+        params = {**default_file_params(st.op), **{k: v for k, v in params.items() if v is not None}}
         for key, value in params.items():
             if key not in FILE_PARAMS:
                 continue

