@@ -169,10 +169,11 @@ def mixing(work: Path, a: argparse.Namespace, log: list[str]) -> dict:
     # mixsearch chooses on validation sets that are not the eval sets it is judged on: the second
     # half of the reference (clean documents from source files neither the corpus nor the eval set has)
     validation = [f"{work / f'calibration_{d}.jsonl'}={d}" for d in DOMAINS]
-    search = work / "mixsearch"
+    search = work / "mixsearch-capped"  # caps count the mixing runs' length (the first try counted a proxy's)
     if not (search / "mixsearch.json").exists():
         args = [str(run), *[x for e in validation for x in ("--eval", e)], "--mixtures", str(a.mixtures)]
-        args += ["--steps", str(a.proxy_steps), "--epoch-cap", str(a.epoch_cap), "-o", str(search)]
+        args += ["--steps", str(a.proxy_steps), "--epoch-cap", str(a.epoch_cap), "--target-steps", str(a.mixing_steps)]
+        args += ["-o", str(search)]
         sh("mixsearch", *args, log=log)
     found = json.loads((search / "mixsearch.json").read_text())
     if "chosen" not in found:  # written before mixsearch fell back to the best sampled mixture: apply that rule
@@ -302,7 +303,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--mixing-steps", type=int, default=1500, help="training steps per (variant, seed), mixing part")
     p.add_argument("--mixtures", type=int, default=12, help="mixsearch proxies")
     p.add_argument("--proxy-steps", type=int, default=300, help="steps per mixsearch proxy")
-    p.add_argument("--epoch-cap", type=float, default=6.0, help="mixsearch: at most this many epochs of a domain")
+    p.add_argument(
+        "--epoch-cap", type=float, default=6.0, help="mixsearch: at most this many epochs of a domain in a mixing run"
+    )
     p.add_argument("--target", default="postgres", help="DGA's target domain")
     p.add_argument("--mix-holdout", type=float, default=0.05, help="held-out share of the mixing part's curated run")
     a = p.parse_args(argv)

@@ -284,7 +284,12 @@ def mixsearch_cmd(
     steps: int = typer.Option(200, "--steps", help="Steps per proxy."),
     global_batch: int = typer.Option(16, "--global-batch"),
     seq_len: int = typer.Option(128, "--seq-len"),
-    epoch_cap: float | None = typer.Option(None, "--epoch-cap", help="At most this many epochs of any domain."),
+    epoch_cap: float | None = typer.Option(
+        None, "--epoch-cap", help="At most this many epochs of any domain in the run the mixture is for."
+    ),
+    target_steps: int | None = typer.Option(
+        None, "--target-steps", help="Steps of the run the mixture is for (epoch caps count them; default --steps)."
+    ),
     compact_vocab: int | None = typer.Option(4096, "--compact-vocab", help="Proxy vocabulary (most frequent tokens)."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
@@ -294,7 +299,7 @@ def mixsearch_cmd(
     try:
         rec = mixsearch_run(
             run, evals, out, mixtures=mixtures, steps=steps, global_batch=global_batch, seq_len=seq_len,
-            epoch_cap=epoch_cap, seed=seed, compact_vocab=compact_vocab,
+            epoch_cap=epoch_cap, target_steps=target_steps, seed=seed, compact_vocab=compact_vocab,
         )  # fmt: skip
     except (ValueError, OSError) as e:
         err.print(f"[red]error:[/red] {e}", highlight=False)

@@ -42,6 +42,12 @@ def sample_mixtures(
     return np.stack([cap_weights(w, caps) for w in out])
 
 
+def epoch_caps(tokens: np.ndarray, epochs: float, target_tokens: int) -> np.ndarray:
+    """Per domain, the largest weight that serves at most ``epochs`` passes over its ``tokens`` in a run of
+    ``target_tokens``."""
+    return np.minimum(1.0, epochs * np.asarray(tokens, float) / target_tokens)
+
+
 def cap_weights(w: np.ndarray, caps: np.ndarray | None) -> np.ndarray:
     """``w`` on the simplex with every weight at most its cap (excess moved to uncapped domains pro rata)."""
     w = np.asarray(w, float) / np.sum(w)
@@ -223,11 +229,15 @@ def mixsearch_run(
     global_batch: int = 16,
     seq_len: int = 128,
     epoch_cap: float | None = None,
+    target_steps: int | None = None,
     seed: int = 0,
     **model: Any,
 ) -> dict[str, Any]:
     """:func:`mixsearch` with short proxy runs on ``run`` (prior: its train tokens per domain); writes
-    ``OUT/mixsearch.json``. ``epoch_cap`` bounds each domain to that many epochs of its train tokens."""
+    ``OUT/mixsearch.json``. ``epoch_cap`` bounds each domain to that many epochs of its train tokens in the run
+    the mixture is for, ``target_steps`` long (default: as long as a proxy). A short proxy never repeats a small
+    domain, so a mixture it favours can mean many epochs of that domain at the target's length: the caps keep
+    the search to mixtures the target run can serve."""
     from mixers.server.corpus import Corpus
 
     out = Path(out)
@@ -241,7 +251,8 @@ def mixsearch_run(
     if not have.sum():
         raise ValueError(f"{run}: no train tokens")
     budget = steps * global_batch * seq_len
-    caps = None if epoch_cap is None else np.minimum(1.0, epoch_cap * have / budget)
+    target = (target_steps or steps) * global_batch * seq_len
+    caps = None if epoch_cap is None else epoch_caps(have, epoch_cap, target)
     if model.get("compact_vocab"):  # one map for every proxy (built once: it reads the whole train split)
         from mixers.tools.train import VocabMap
 
@@ -250,7 +261,7 @@ def mixsearch_run(
         model["vocab_map"] = str(vocab)
     evaluate = proxy_evaluator(run, evals, out, steps, global_batch, seq_len, seed, **model)
     record = mixsearch(domains, have / have.sum(), evaluate, mixtures, caps, seed)
-    record.update(run=run, eval=evals, tokens_per_proxy=budget, epoch_cap=epoch_cap)
+    record.update(run=run, eval=evals, tokens_per_proxy=budget, target_tokens=target, epoch_cap=epoch_cap)
     record["weights_flag"] = weights_flag(record["weights"])
     write_text_atomic(out / "mixsearch.json", json.dumps(record, indent=1))
     return record

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mixers.tools.simulate import MixingLaw
-from pipelines.mixsearch import cap_weights, mixsearch, sample_mixtures, weights_flag
+from pipelines.mixsearch import cap_weights, epoch_caps, mixsearch, sample_mixtures, weights_flag
 
 D = ["a", "b", "c"]
 # a transfers to every domain: the best static mixture leans on it
@@ -49,6 +49,13 @@ def test_a_law_that_does_not_generalise_returns_the_best_measured_mixture():
     assert res["chosen"] == "best_sampled" and res["validated_loss"] > res["best_sampled_loss"]
     best = res["mixtures"][int(np.argmin(res["losses"]))]
     assert res["weights"] == best and res["proposal"] != best
+
+
+def test_epoch_caps_count_the_target_run_not_the_proxy():
+    tokens = np.array([180_000, 150_000, 300_000])
+    proxy, target = 600_000, 3_000_000  # a 5x longer target run repeats every domain 5x more
+    assert epoch_caps(tokens, 6, proxy).tolist() == [1.0, 1.0, 1.0]
+    assert epoch_caps(tokens, 6, target) == pytest.approx([0.36, 0.30, 0.60])
 
 
 def test_epoch_caps_bound_every_mixture():
