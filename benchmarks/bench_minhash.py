@@ -1,4 +1,4 @@
-"""Fuzzy dedup, side by side: Sluice's minhash_dedup, datatrove's 4-stage MinHash, datasketch MinHashLSH.
+"""Fuzzy dedup, side by side: Sluice's minhash_dedup, datatrove's 4-stage MinHash, datasketch and rensa.
 
 Quality mode (default) plants near-duplicate families in a synthetic corpus — documents
 copied and mutated word by word at controlled rates (0-6% of words substituted, deleted or
@@ -7,18 +7,32 @@ truth every document that has a partner with exact word-5-gram Jaccard ≥ 0.8 i
 family. The same JSONL files go, in one run and on the same cores, through
 
 * Sluice: ``pipelines.runner.run`` with ``{op: minhash_dedup, threshold: 0.8}`` (read →
-  checkpoint → minhash_dedup → shards), Ray started beforehand with ``--cpus`` CPUs;
+  checkpoint → minhash_dedup → shards), Ray started beforehand with ``--cpus`` CPUs; with
+  ``--cli`` also the whole ``sluice curate`` command in a fresh process (Python and Ray
+  start-up included);
 * datatrove: MinhashDedupSignature → Buckets → Cluster → Filter with its default
   MinhashConfig (5-grams, 14 buckets × 8 hashes, xxhash), ``--cpus`` local workers, run in
   a separate Python that has datatrove (never installed into the project's venv);
 * datasketch: one process, ``MinHash.bulk`` (128 permutations, SHA1) and ``MinHashLSH``
   with the same threshold and weights as Sluice (so its own optimiser picks the same
-  14 × 9 plan), candidates verified by exact Jaccard, union–find.
+  14 × 9 plan), candidates verified by exact Jaccard, union–find;
+* rensa (if installed; a bench-only anchor, ``pip install rensa``): one process,
+  ``RMinHash`` signatures (128 slots) and ``RMinHashLSH`` with the band count that divides
+  128 and minimises the same weighted error as Sluice's plan (16 × 8); once like the
+  datasketch anchor (the bench's shingles, exact verification, union–find), once as rensa's
+  own benchmark runs it (its shingling — lowercase, whitespace words, word 5-grams, its
+  ``tokenize_to_ngrams`` — and LSH duplicate flags only).
 
 Each system's doc-level precision/recall/F1 counts a document as flagged when the system
 put it in a cluster of two or more (kept or removed); docs/s is documents over wall
 seconds from reading the JSONL to the decision. Other load on the machine slows all
-three alike; the JSON records the load average before and after.
+alike; the JSON records the load average before, during (sampled every second) and after.
+
+Signatures only (quality mode, after the end-to-end runs): the same texts, 128 permutations, docs per
+CPU-second (best of ``--rounds``): Sluice's ``shingle_hashes`` + ``signatures`` on Arrow batches of
+the operator's block size (the numba kernels, and the numpy reference engine they replaced)
+against rensa (its own shingling in Python, then ``RMinHash``: the digest-matrix batch API and one
+sketch per document) and datasketch (``MinHash.bulk`` of the bench's shingles, one round).
 
 Scale mode (``--scale N``) writes N synthetic documents (5% near-duplicates) as Parquet,
 runs the same recipe and reports wall time, docs/s and the peak memory (sum of PSS) of
@@ -26,14 +40,17 @@ the driver and every process it started (Ray's raylet, object store and workers)
 
 Run:
     python3 -m venv /tmp/dtvenv && /tmp/dtvenv/bin/pip install datatrove     # throwaway venv
-    .venv/bin/python -m benchmarks.bench_minhash --docs 50000 --dt-python /tmp/dtvenv/bin/python
+    .venv/bin/pip install rensa                                               # bench-only anchor
+    .venv/bin/python -m benchmarks.bench_minhash --docs 50000 --dt-python /tmp/dtvenv/bin/python --cli
     .venv/bin/python -m benchmarks.bench_minhash --scale 1000000
-Results go to benchmarks/results/minhash-*.json (git-ignored) and a markdown table to stdout.
+Results go to benchmarks/results/minhash-*.json (git-ignored) and markdown tables to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import importlib.util
 import json
 import os
 import re
@@ -207,11 +224,10 @@ def run_sluice_io(input_glob: str, fmt: str, out: Path) -> dict:
     return {"seconds": seconds, "cpu_seconds": cpu, "conservation_ok": manifest["conservation"]["ok"]}
 
 
-def run_sluice(input_glob: str, fmt: str, out: Path, extra: str = "") -> dict:
+def _sluice_result(manifest: dict, out: Path, seconds: float, cpu: float) -> dict:
+    """A minhash_dedup run's figures and flagged documents (in a cluster of two or more), read from its outputs."""
     from storage.shards import read_shards
 
-    stages = f"[{{op: minhash_dedup, threshold: {THRESHOLD}{extra}}}]"
-    manifest, seconds, cpu = _run_recipe(input_glob, fmt, out, stages)
     stage = next(s for s in manifest["stages"] if s["op"] == "minhash_dedup")
     kept = read_shards(str(out / "shards"), columns=["id", "dup_cluster"])
     removed = read_shards(str(out / "removed" / "stage=minhash_dedup"), columns=["id", "dup_cluster"])
@@ -231,6 +247,29 @@ def run_sluice(input_glob: str, fmt: str, out: Path, extra: str = "") -> dict:
         "conservation_ok": manifest["conservation"]["ok"],
         "segments": manifest["segments"],
     }
+
+
+def run_sluice(input_glob: str, fmt: str, out: Path, extra: str = "") -> dict:
+    stages = f"[{{op: minhash_dedup, threshold: {THRESHOLD}{extra}}}]"
+    manifest, seconds, cpu = _run_recipe(input_glob, fmt, out, stages)
+    return _sluice_result(manifest, out, seconds, cpu)
+
+
+def run_sluice_cli(input_glob: str, out: Path) -> dict:
+    """The whole ``sluice curate`` in a fresh process: Python and imports, Ray's start and shutdown, the run."""
+    recipe = out.parent / f"{out.name}.yaml"
+    recipe.write_text(
+        f"""inputs:
+  - {{path: "{input_glob}", domain: web, id_field: id, format: jsonl}}
+stages: [{{op: minhash_dedup, threshold: {THRESHOLD}}}]
+output: {{dir: "{out}", shard_mb: 256}}
+"""
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray with every CPU, as a user gets
+    done, wall, cpu = run_measured([str(Path(sys.executable).parent / "sluice"), "curate", str(recipe), "--fresh"], env)
+    if done.returncode != 0:
+        raise RuntimeError(f"sluice curate failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return _sluice_result(json.loads((out / "manifest.json").read_text()), out, wall, cpu)
 
 
 def run_datasketch(paths: list[Path], num_perm: int = 128) -> dict:
@@ -277,6 +316,180 @@ def run_datasketch(paths: list[Path], num_perm: int = 128) -> dict:
         "candidate_pairs": candidates,
         "verified_pairs": verified,
     }
+
+
+def rensa_shingles(text: str, n: int = 5) -> list[str]:
+    """rensa's own shingling (``tokenize_to_ngrams`` in its benchmarks): lowercase, whitespace words, word n-grams."""
+    tokens = text.lower().split()
+    if n <= 1 or len(tokens) < n:
+        return tokens
+    return [" ".join(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def rensa_bands(num_perm: int) -> int:
+    """The band count dividing ``num_perm`` (``RMinHashLSH`` requires it) that minimises Sluice's weighted error."""
+    from operators.dedup.lsh_plan import error_integrals
+
+    bands = [b for b in range(1, num_perm + 1) if num_perm % b == 0]
+    fp, fn = error_integrals(THRESHOLD, bands, [num_perm // b for b in bands])
+    return bands[int(np.argmin(0.1 * fp + 0.9 * fn))]
+
+
+def _read_jsonl(paths: list[Path]) -> tuple[list[str], list[str]]:
+    ids, texts = [], []
+    for path in paths:
+        with open(path) as f:
+            for line in f:
+                d = json.loads(line)
+                ids.append(d["id"])
+                texts.append(d["text"])
+    return ids, texts
+
+
+def _rensa_inputs(paths: list[Path], num_perm: int, shingler):
+    ids, texts = _read_jsonl(paths)
+    shingles = [list(shingler(t)) for t in texts]
+    live = [i for i, sh in enumerate(shingles) if sh]
+    return ids, shingles, live, rensa_bands(num_perm)
+
+
+def run_rensa(paths: list[Path], num_perm: int = 128) -> dict:
+    """rensa like the datasketch anchor (the bench's shingles, so the same sets as the truth's and datasketch's):
+    RMinHash → RMinHashLSH → exact Jaccard of the candidates → union–find."""
+    from rensa import RMinHash, RMinHashLSH
+
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    ids, shingles, live, bands = _rensa_inputs(paths, num_perm, _grams)
+    mhs = RMinHash.from_token_sets([shingles[i] for i in live], num_perm=num_perm, seed=1)
+    lsh = RMinHashLSH(threshold=THRESHOLD, num_perm=num_perm, num_bands=bands)
+    lsh.insert_many(mhs, start_key=0)
+    sets = [set(shingles[i]) for i in live]
+    uf = UnionFind(len(ids))
+    candidates = verified = 0
+    for k, m in enumerate(mhs):
+        for j in lsh.query(m):
+            if j <= k:
+                continue
+            candidates += 1
+            if len(sets[k] & sets[j]) / len(sets[k] | sets[j]) >= THRESHOLD:
+                verified += 1
+                uf.union(live[k], live[j])
+    roots = [uf.find(i) for i in range(len(ids))]
+    sizes: dict[int, int] = {}
+    for r in roots:
+        sizes[r] = sizes.get(r, 0) + 1
+    return {
+        "seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - cpu0,
+        "flagged": {ids[i] for i, r in enumerate(roots) if sizes[r] > 1},
+        "removed": sum(v - 1 for v in sizes.values()),
+        "plan": [bands, num_perm // bands],
+        "candidate_pairs": candidates,
+        "verified_pairs": verified,
+    }
+
+
+def run_rensa_flags(paths: list[Path], num_perm: int = 128) -> dict:
+    """rensa as its own benchmark runs it: its shingling, a digest matrix and LSH duplicate flags (a shared band).
+
+    Its whitespace words keep punctuation, and the corpus puts a full stop after every 15th word, so an
+    inserted or deleted word shifts the stops and changes ~1/3 of the shingles after it: rensa's own
+    sets see such pairs at Jaccard ~0.5-0.8 where the bench's ``\\w+`` words see ≥ 0.8.
+    """
+    from rensa import RMinHash, RMinHashLSH
+
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    ids, shingles, live, bands = _rensa_inputs(paths, num_perm, rensa_shingles)
+    matrix = RMinHash.digest_matrix_from_token_sets([shingles[i] for i in live], num_perm=num_perm, seed=1)
+    lsh = RMinHashLSH(threshold=THRESHOLD, num_perm=num_perm, num_bands=bands)
+    flags = lsh.query_duplicate_flags_matrix_one_shot(matrix)
+    return {
+        "seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - cpu0,
+        "flagged": {ids[live[k]] for k, dup in enumerate(flags) if dup},
+        "removed": None,  # flags say "has a near duplicate", not which one survives
+        "plan": [bands, num_perm // bands],
+    }
+
+
+KERNELS = r"""
+import json, time
+c0 = time.process_time()
+from operators.dedup import kernels
+from operators.dedup.signatures import Permutations, shingle_hashes, signatures
+c1 = time.process_time()
+signatures(*shingle_hashes(["one two three four five six"], 5), Permutations(128, 1))
+c2 = time.process_time()
+hits = sum(sum(getattr(kernels, f).stats.cache_hits.values()) for f in ("word_shingles", "minhash_affine32"))
+print("RESULT " + json.dumps({"import_cpu_s": round(c1 - c0, 3), "first_call_cpu_s": round(c2 - c1, 3),
+                              "compiled": hits < 2}))
+"""
+
+
+def kernel_cache_warmup() -> dict:
+    """Call the numba kernels once in a fresh Python: compiles them into their cache if needed, and times it.
+
+    ``compiled`` says whether this call compiled (the cache was cold: once per machine and version)
+    or loaded them; ``first_call_cpu_s`` is what every new process pays on its first batch.
+    """
+    return run_script(sys.executable, KERNELS, {})
+
+
+def _best_cpu(fn, rounds: int) -> tuple[float, float]:
+    """(best, first) CPU seconds of this process over ``rounds`` calls of ``fn``."""
+    times = []
+    for _ in range(rounds):
+        gc.collect()
+        c = time.process_time()
+        fn()
+        times.append(time.process_time() - c)
+    return min(times), times[0]
+
+
+def signature_throughput(texts: list[str], rounds: int = 3, num_perm: int = 128, datasketch: bool = True) -> dict:
+    """Docs per CPU-second of shingling + signatures only: Sluice's engines, rensa, datasketch, on the same texts."""
+    import pyarrow as pa
+
+    from operators.dedup import signatures as sg
+    from operators.dedup.ray_steps import BLOCK_ROWS
+
+    n = len(texts)
+    spans = [(i, min(i + BLOCK_ROWS, n)) for i in range(0, n, BLOCK_ROWS)]
+    batches = [pa.array(texts[i:j], pa.string()) for i, j in spans]  # what band_rows gets: Arrow, BLOCK_ROWS docs
+    perms = sg.Permutations(num_perm, 1)
+    engines = {
+        "sluice (numba kernels)": lambda: [sg.signatures(*sg.shingle_hashes(b, 5), perms) for b in batches],
+        "sluice numpy engine (before)": lambda: [
+            sg._signatures_numpy(*sg._word_shingles_numpy(b, 5), perms) for b in batches
+        ],
+    }
+    if importlib.util.find_spec("rensa"):
+        from rensa import RMinHash
+
+        def rensa_matrix():
+            for i, j in spans:
+                shingles = [rensa_shingles(t) for t in texts[i:j]]
+                RMinHash.digest_matrix_from_token_sets(shingles, num_perm=num_perm, seed=1)
+
+        def rensa_objects():
+            for t in texts:
+                m = RMinHash(num_perm=num_perm, seed=1)
+                m.update(rensa_shingles(t))
+
+        engines["rensa digest matrix (batches)"] = rensa_matrix
+        engines["rensa RMinHash per document"] = rensa_objects
+    out: dict[str, dict] = {}
+    for name, fn in engines.items():
+        best, first = _best_cpu(fn, rounds)
+        out[name] = {"docs_per_cpu_s": round(n / best, 1), "best_cpu_s": round(best, 3), "first_cpu_s": round(first, 3)}
+    if datasketch:
+        from datasketch import MinHash
+
+        cpu0 = time.process_time()
+        MinHash.bulk([[s.encode() for s in _grams(t)] for t in texts], num_perm=num_perm)
+        cpu = time.process_time() - cpu0
+        out["datasketch MinHash.bulk (1 round)"] = {"docs_per_cpu_s": round(n / cpu, 1), "best_cpu_s": round(cpu, 3)}
+    return {"docs": n, "num_perm": num_perm, "batch_docs": BLOCK_ROWS, "rounds": rounds, "engines": out}
 
 
 DATATROVE = r"""
@@ -470,6 +683,33 @@ class PeakMemory:
         self._thread.join()
 
 
+class LoadSampler:
+    """The 1-minute load average, sampled every ``interval`` seconds from construction to ``stop()``."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def _loop(self, interval: float) -> None:
+        while not self._stop.is_set():
+            self.samples.append(os.getloadavg()[0])
+            self._stop.wait(interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict:
+        x = np.array(self.samples or [0.0])
+        return {
+            "min": round(float(x.min()), 2),
+            "median": round(float(np.median(x)), 2),
+            "max": round(float(x.max()), 2),
+        }
+
+
 # ---------------------------------------------------------------------- modes
 def _machine() -> dict:
     return {
@@ -491,15 +731,27 @@ def quality(args) -> dict:
     result["truth"] = {"flagged": len(true), "ideal_removed": ideal_removed, "family_pair_jaccard": jhist}
     runs: dict[str, dict] = {}
 
+    load = LoadSampler()
+    result["numba_kernels"] = kernel_cache_warmup()  # so no timed run compiles them, and what compiling costs
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    runs["sluice"] = run_sluice(str(work / "input" / "*.jsonl"), "jsonl", work / "sluice")
-    baseline = run_sluice_io(str(work / "input" / "*.jsonl"), "jsonl", work / "sluice-io")
+    inputs = str(work / "input" / "*.jsonl")
+    runs["sluice"] = run_sluice(inputs, "jsonl", work / "sluice")
+    baseline = run_sluice_io(inputs, "jsonl", work / "sluice-io")
+    runs["sluice, again in the same Ray session"] = run_sluice(inputs, "jsonl", work / "sluice-again")
     ray.shutdown()
+    if args.cli:
+        runs["sluice curate (CLI, fresh process)"] = run_sluice_cli(inputs, work / "sluice-cli")
     if args.dt_python:
         runs["datatrove"] = run_datatrove(args.dt_python, work / "input", args.files, args.cpus, work / "datatrove")
     if not args.skip_datasketch:
         runs["datasketch"] = run_datasketch(paths)
+    if importlib.util.find_spec("rensa"):
+        runs["rensa + exact verification"] = run_rensa(paths)
+        runs["rensa, its shingling, LSH flags only"] = run_rensa_flags(paths)
+    if args.rounds:
+        result["signatures_only"] = signature_throughput(texts, args.rounds, datasketch=not args.skip_datasketch)
+    load.stop()
     for r in runs.values():
         r.update(score(r.pop("flagged"), true))
         r["docs_per_s"] = round(len(ids) / r["seconds"], 1)
@@ -510,7 +762,8 @@ def quality(args) -> dict:
         k: round(v, 2) if isinstance(v, float) else v for k, v in baseline.items()
     }
     result["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    for other in ("datatrove", "datasketch"):
+    result["machine"]["load_average_during"] = load.summary()
+    for other in ("datatrove", "datasketch", "rensa + exact verification"):
         if other in runs:
             result[f"speedup_vs_{other}"] = {
                 k: round(runs["sluice"][k] / runs[other][k], 2) for k in ("docs_per_s", "docs_per_cpu_s")
@@ -599,9 +852,10 @@ def table(result: dict) -> str:
     ]
     for name, r in result["runs"].items():
         plan = r.get("plan") or [r["report"]["plan"]["bands"], r["report"]["plan"]["rows"]]
+        removed = "–" if r["removed"] is None else f"{r['removed']:,}"
         rows.append(
             f"| {name} | {plan[0]}×{plan[1]} | {r['docs_per_s']:,.0f} | {r['docs_per_cpu_s']:,.0f} | {r['seconds']} "
-            f"| {r['cpu_seconds']} | {r['precision']} | {r['recall']} | {r['f1']} | {r['removed']:,} |"
+            f"| {r['cpu_seconds']} | {r['precision']} | {r['recall']} | {r['f1']} | {removed} |"
         )
     io = result.get("sluice_runner_without_stages")
     if io:
@@ -610,6 +864,18 @@ def table(result: dict) -> str:
             f"| (sluice runner, no stages) | – | {n / io['seconds']:,.0f} | {n / io['cpu_seconds']:,.0f} "
             f"| {io['seconds']} | {io['cpu_seconds']} | – | – | – | – |"
         )
+    sig = result.get("signatures_only")
+    if sig:
+        rows += [
+            "",
+            f"Signatures only ({sig['docs']:,} docs, {sig['num_perm']} permutations, shingling included, "
+            f"best of {sig['rounds']}):",
+            "",
+            "| engine | docs/CPU-s | CPU s (best) | CPU s (first round) |",
+            "|---|---|---|---|",
+        ]
+        for name, e in sig["engines"].items():
+            rows.append(f"| {name} | {e['docs_per_cpu_s']:,.0f} | {e['best_cpu_s']} | {e.get('first_cpu_s', '–')} |")
     return "\n".join(rows)
 
 
@@ -622,6 +888,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dt-python", default=None, help="a Python with datatrove installed (e.g. /tmp/dtvenv/bin/python)")
     ap.add_argument("--skip-datasketch", action="store_true")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the signatures-only comparison (0: skip it)")
+    ap.add_argument(
+        "--cli", action="store_true", help="also time the whole `sluice curate` in a fresh process (Ray on every CPU)"
+    )
     ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "sluice-bench-minhash"))
     args = ap.parse_args(argv)
     result = scale(args) if args.scale else quality(args)

@@ -72,7 +72,7 @@ class MinHashConfig:
         bands: LSH bands.
         rows: signature values per band.
         seed: the permutation seed, with datasketch's meaning.
-        hash: shingle hash: ``xxh3`` (fast, numpy) or ``sha1`` (datasketch's ``sha1_hash32``).
+        hash: shingle hash: ``xxh3`` (fast, numba kernels) or ``sha1`` (datasketch's ``sha1_hash32``).
         scheme: datasketch's permutation scheme: ``affine32`` (its 2.x default) or ``legacy``.
     """
 

@@ -53,7 +53,7 @@ class MinHashDedup(GlobalStage):
     of Unicode letters/marks/digits, punctuation ignored). ``prepare`` runs three phases:
 
     1. *Signatures and buckets* (Ray Data): each live document's MinHash signature
-       (numpy, datasketch's permutations) becomes one row per band ``(key, uid)``; a
+       (numba kernels, datasketch's permutations) becomes one row per band ``(key, uid)``; a
        shuffle groups rows by key shard and every bucket with ≥ 2 documents emits its
        candidate pairs — all pairs up to 16 members, else a star to the bucket's smallest
        key plus a chain through the sorted keys (O(n) edges, never O(n²)). Pairs are
@@ -102,7 +102,7 @@ class MinHashDedup(GlobalStage):
         verify: keep only candidate pairs whose exact shingle Jaccard ≥ ``threshold``.
         survivor: ``lowest_id`` or ``highest:<column>`` (a numeric column; nulls lose).
         seed: permutation seed, as datasketch's ``MinHash(seed=…)``.
-        hash: shingle hash: ``xxh3`` (xxh3 word hashes combined in numpy) or ``sha1`` (datasketch's values,
+        hash: shingle hash: ``xxh3`` (xxh3 word hashes, combined in a numba kernel) or ``sha1`` (datasketch's values,
             for cross-checks; slower, see BENCHMARKS.md).
         scheme: datasketch permutation scheme: ``affine32`` (datasketch 2.x default) or ``legacy``.
         shuffle: Ray Data shuffle for the two keyed shuffles: ``sort`` (the classic

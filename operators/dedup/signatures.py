@@ -1,4 +1,4 @@
-"""Shingles, MinHash signatures, LSH band keys and exact Jaccard for whole batches, in numpy.
+"""Shingles, MinHash signatures, LSH band keys and exact Jaccard for whole batches (numpy; numba kernels).
 
 Shingling (defined here once; the operator's docstring points at it):
 
@@ -19,14 +19,18 @@ Shingle hashes (32 bits, what the permutations act on):
 * ``sha1``: datasketch's ``sha1_hash32`` of the shingle's UTF-8 bytes, so signatures equal
   ``datasketch.MinHash(num_perm, seed, scheme=…).update_batch(shingles)`` bit for bit.
   It costs one Python-level SHA1 per shingle (see BENCHMARKS.md for what that caps).
-* ``xxh3`` (default): no per-shingle Python work. Each distinct word of a batch is hashed
-  once, ``xxh3_64`` of its UTF-8 bytes (Arrow dictionary-encodes the words first); a
-  character shingle's items are its code points through ``fmix64(c + M)``. A shingle of
-  items h_1..h_k hashes to ``fmix64(h_1·M^(k-1) + … + h_k mod 2^64) >> 32``, where
-  M = 0x9E3779B97F4A7C15 and fmix64 is MurmurHash3's 64-bit finalizer. Words are found
-  with a code-point lookup table in numpy (faster than a regex split in pyarrow; both costs
-  are in BENCHMARKS.md). A different, equally uniform 32-bit family, so its signatures are
-  not datasketch's values.
+* ``xxh3`` (default): no per-shingle Python work. Every word is hashed with ``xxh3_64`` of its
+  UTF-8 bytes; a character shingle's items are its code points through ``fmix64(c + M)``. A
+  shingle of items h_1..h_k hashes to ``fmix64(h_1·M^(k-1) + … + h_k mod 2^64) >> 32``, where
+  M = 0x9E3779B97F4A7C15 and fmix64 is MurmurHash3's 64-bit finalizer. A different, equally
+  uniform 32-bit family, so its signatures are not datasketch's values.
+
+Engines. Word shingles and ``affine32`` signatures run as numba kernels (:mod:`.kernels`): one
+pass over the normalised UTF-8 bytes, and one over the shingle hashes. The numpy code here —
+words found with a code-point lookup table, each distinct word of a batch hashed once after
+Arrow dictionary-encodes them, windows combined with array arithmetic — is the definition the
+kernels are tested against value for value; character shingles and ``legacy`` signatures use
+it directly. Both engines' costs are in BENCHMARKS.md.
 
 Permutations are datasketch's: (a, b) drawn from ``np.random.RandomState(seed)`` exactly as
 ``MinHash._init_permutations`` draws them. ``affine32`` (datasketch ≥ 2.0's default):
@@ -72,15 +76,21 @@ def _is_word_char(c: int) -> bool:
     return unicodedata.category(chr(c))[0] in "LMN"
 
 
-def _word_mask(cps: np.ndarray) -> np.ndarray:
-    """True where a code point belongs to a word (a lookup table for the BMP, Python beyond)."""
+def _word_table() -> np.ndarray:
+    """True for every BMP code point that is a word character (built once per process)."""
     global _WORD_BMP
     if _WORD_BMP is None:
         _WORD_BMP = np.fromiter((_is_word_char(c) for c in range(0x10000)), dtype=bool, count=0x10000)
+    return _WORD_BMP
+
+
+def _word_mask(cps: np.ndarray) -> np.ndarray:
+    """True where a code point belongs to a word (a lookup table for the BMP, Python beyond)."""
+    table = _word_table()
     if cps.dtype == np.uint8:
-        return _WORD_BMP[:256][cps]
+        return table[:256][cps]
     astral = cps > 0xFFFF
-    mask = _WORD_BMP[np.where(astral, 0, cps)]
+    mask = table[np.where(astral, 0, cps)]
     if astral.any():
         uniq = np.unique(cps[astral])
         ok = np.fromiter((_is_word_char(int(c)) for c in uniq), dtype=bool, count=len(uniq))
@@ -96,6 +106,37 @@ def _text_array(texts) -> pa.Array:
     if pa.types.is_large_string(texts.type):
         texts = texts.cast(pa.string())
     return pc.fill_null(texts, "")
+
+
+def _normalise(texts) -> tuple[pa.StringArray, bool]:
+    """NFC (documents with a non-ASCII character only), then lowercase; and whether all were ASCII."""
+    texts = _text_array(texts)
+    ascii_ = pc.string_is_ascii(texts)
+    if pc.all(ascii_).as_py() is not False:
+        return pc.utf8_lower(texts), True
+    mask = pc.invert(ascii_)
+    texts = pc.replace_with_mask(texts, mask, pc.utf8_normalize(texts.filter(mask), "NFC"))
+    return pc.utf8_lower(texts), False
+
+
+def _utf8(texts: pa.StringArray) -> tuple[np.ndarray, np.ndarray]:
+    """The UTF-8 bytes of a string array (zero copy) and each value's int64 [start, end) offsets in them."""
+    n = len(texts)
+    offs = np.frombuffer(texts.buffers()[1], dtype=np.int32)[texts.offset : texts.offset + n + 1]
+    buf = texts.buffers()[2]
+    data = np.frombuffer(buf, dtype=np.uint8) if buf is not None else np.zeros(0, dtype=np.uint8)
+    return data, offs.astype(np.int64)
+
+
+def _astral_words(data: np.ndarray) -> np.ndarray:
+    """The code points above the BMP in UTF-8 ``data`` that are word characters, sorted (uint32)."""
+    lead = np.flatnonzero(data >= 0xF0)
+    lead = lead[lead + 3 < len(data)]
+    if lead.size == 0:
+        return np.zeros(0, dtype=np.uint32)
+    b = [data[lead + k].astype(np.uint32) for k in range(4)]
+    cps = np.unique((b[0] & 7) << 18 | (b[1] & 63) << 12 | (b[2] & 63) << 6 | (b[3] & 63))
+    return cps[np.fromiter((_is_word_char(int(c)) for c in cps), dtype=bool, count=len(cps))]
 
 
 def _offsets(counts: np.ndarray) -> np.ndarray:
@@ -114,20 +155,13 @@ class Words:
     """
 
     def __init__(self, texts) -> None:
-        texts = _text_array(texts)
+        texts, all_ascii = _normalise(texts)
         n = len(texts)
-        ascii_ = pc.string_is_ascii(texts)
-        if pc.all(ascii_).as_py() is not False:
-            texts = pc.utf8_lower(texts)
-            offs = np.frombuffer(texts.buffers()[1], dtype=np.int32)[texts.offset : texts.offset + n + 1]
-            buf = texts.buffers()[2]
-            data = np.frombuffer(buf, dtype=np.uint8) if buf is not None else np.zeros(0, dtype=np.uint8)
+        if all_ascii:
+            data, offs = _utf8(texts)
             self.cps = data[offs[0] : offs[-1]]
-            doc_off = (offs - offs[0]).astype(np.int64)
+            doc_off = offs - offs[0]
         else:
-            mask = pc.invert(ascii_)
-            texts = pc.replace_with_mask(texts, mask, pc.utf8_normalize(texts.filter(mask), "NFC"))
-            texts = pc.utf8_lower(texts)
             self.cps = np.frombuffer("".join(texts.to_pylist()).encode("utf-32-le"), dtype=np.uint32)
             doc_off = _offsets(pc.utf8_length(texts).to_numpy(zero_copy_only=False).astype(np.int64))
         w = _word_mask(self.cps)
@@ -252,14 +286,29 @@ def shingle_hashes(
         return np.asarray(vals, dtype=np.uint32), _offsets(counts)
     if hash != "xxh3":
         raise ValueError(f"hash must be 'xxh3' or 'sha1', got {hash!r}")
+    if not char_ngram:
+        return _word_shingles_kernel(texts, ngram)
+    seq, off = Words(texts).joined()
+    first, length, per = _windows(np.diff(off), char_ngram)
+    return _combine(_fmix64(seq.astype(np.uint64) + _MUL), first, length, char_ngram), _offsets(per)
+
+
+def _word_shingles_kernel(texts, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """xxh3 word-shingle hashes by the numba kernel: one pass over the normalised UTF-8 bytes."""
+    from operators.dedup.kernels import word_shingles
+
+    texts, all_ascii = _normalise(texts)
+    data, off = _utf8(texts)
+    astral = np.zeros(0, dtype=np.uint32) if all_ascii else _astral_words(data[off[0] : off[-1]])
+    h, counts = word_shingles(data, off, _word_table().view(np.uint8), astral, n)
+    return h, _offsets(counts)
+
+
+def _word_shingles_numpy(texts, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The same hashes in numpy, from the definition above (the kernel's reference in the tests)."""
     words = Words(texts)
-    if char_ngram:
-        seq, off = words.joined()
-        item, counts, n = _fmix64(seq.astype(np.uint64) + _MUL), np.diff(off), char_ngram
-    else:
-        item, counts, n = words.hashes(), words.counts, ngram
-    first, length, per = _windows(counts, n)
-    return _combine(item, first, length, n), _offsets(per)
+    first, length, per = _windows(words.counts, n)
+    return _combine(words.hashes(), first, length, n), _offsets(per)
 
 
 def unique_sets(hashes: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -307,8 +356,20 @@ class Permutations:
 def signatures(hashes: np.ndarray, offsets: np.ndarray, perms: Permutations) -> np.ndarray:
     """MinHash signatures, shape (docs, len(perms)); a document without shingles is all max values.
 
-    uint32 for ``affine32``, uint64 for ``legacy`` (as datasketch stores them). Shingles are
-    processed in blocks of ~8k so the (permutations × shingles) temporary stays in cache.
+    uint32 for ``affine32`` (the numba kernel), uint64 for ``legacy`` (numpy), as datasketch stores them.
+    """
+    if perms.scheme == "affine32":
+        from operators.dedup.kernels import minhash_affine32
+
+        h = np.ascontiguousarray(hashes, dtype=np.uint32)
+        return minhash_affine32(h, np.ascontiguousarray(offsets, dtype=np.int64), perms.a, perms.b)
+    return _signatures_numpy(hashes, offsets, perms)
+
+
+def _signatures_numpy(hashes: np.ndarray, offsets: np.ndarray, perms: Permutations) -> np.ndarray:
+    """``signatures`` in numpy for either scheme (``legacy``'s path; the kernel's reference in the tests).
+
+    Shingles are processed in blocks of ~8k so the (permutations × shingles) temporary stays in cache.
     """
     counts = np.diff(offsets)
     k = len(perms)
