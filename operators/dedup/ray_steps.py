@@ -65,7 +65,6 @@ _VERIFIED = pa.schema(
 )
 
 
-@functools.lru_cache(maxsize=8)
 @dataclass(frozen=True)
 class StepConfig:
     """What the Ray steps need from a ``minhash_dedup`` stage, and nothing else.
@@ -83,6 +82,7 @@ class StepConfig:
     score_column: str | None = None
 
 
+@functools.lru_cache(maxsize=8)
 def permutations(num_perm: int, seed: int, scheme: str, used: int) -> Permutations:
     """datasketch's permutations, drawn once per worker process."""
     return Permutations(num_perm, seed, scheme, used)
