@@ -104,7 +104,7 @@ def apply_stages(ds, recipe: Recipe, start: int, end: int, extra: dict[str, Any]
     for heavy, specs in groups:
         # ObjectRefs repr with their ids; the files a stage reads are part of the key, so a worker that
         # outlives a run never reuses an operator built from an older version of a model, list or eval set
-        key = hashlib.sha256((repr(specs) + repr([file_state(kw) for *_, kw in specs])).encode()).hexdigest()
+        key = hashlib.sha256((repr(specs) + repr([file_state(op, kw) for op, _, _, kw in specs])).encode()).hexdigest()
         on_gpu = bool(gpus) and REGISTRY[specs[0][0]].wants_accelerator(specs[0][3])
         if not heavy:
             ds = ds.map_batches(
@@ -123,10 +123,12 @@ def apply_stages(ds, recipe: Recipe, start: int, end: int, extra: dict[str, Any]
     return ds
 
 
-def file_state(params: dict[str, Any]) -> list[tuple[str, int, int]]:
-    """(path, size, mtime_ns) of every local file a stage's parameters name (pipelines.resume.FILE_PARAMS)."""
-    from pipelines.resume import FILE_PARAMS
+def file_state(op: str, params: dict[str, Any]) -> list[tuple[str, int, int]]:
+    """(path, size, mtime_ns) of every local file a stage reads: those its parameters name
+    (pipelines.resume.FILE_PARAMS) and those it uses by default (pipelines.resume.default_file_params)."""
+    from pipelines.resume import FILE_PARAMS, default_file_params
 
+    params = {**default_file_params(op), **{k: v for k, v in params.items() if v is not None}}
     out = []
     for k in sorted(FILE_PARAMS & params.keys()):
         values = params[k] if isinstance(params[k], list) else [params[k]]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from pipelines.chain import ModelChain, model_threads
 from tests.conftest import make_batch
 
@@ -27,3 +29,13 @@ def test_a_cpu_model_actor_uses_the_node_not_one_thread(ray_session):
     out = ray.get(actor.__call__.remote(make_batch(["The cat sat on the mat.", "Dogs bark at night."])))
     assert out.column("ppl").null_count == 0
     ray.kill(actor)
+
+
+def test_the_operator_cache_key_covers_files_used_by_default():
+    """A worker must not reuse a language_id built from an older default model file."""
+    from operators.langid import packaged_model_path
+    from pipelines.chain import file_state
+
+    paths = [p for p, _, _ in file_state("language_id", {"model": None})]
+    assert paths == [os.path.realpath(packaged_model_path())]
+    assert file_state("normalize", {}) == []
