@@ -244,13 +244,55 @@ class StageContext:
     rows: int | None = None
 
 
+def in_process(ds: Any) -> bool:
+    """Whether ``ds`` is an in-process dataset (:class:`pipelines.local.LocalDataset`), not a Ray Data one."""
+    return bool(getattr(ds, "in_process", False))
+
+
+def tables(ds: Any) -> list[pa.Table]:
+    """The blocks of ``ds`` as Arrow tables, in order: fetched from Ray's object store, or as they are in process."""
+    refs = ds.to_arrow_refs()
+    if in_process(ds):
+        return list(refs)
+    import ray
+
+    return ray.get(refs)
+
+
+def from_tables(ds: Any, parts: list[pa.Table]) -> Any:
+    """A dataset of ``parts`` that runs where ``ds`` runs (Ray Data, or in process)."""
+    if in_process(ds):
+        return type(ds)(parts)
+    import ray.data
+
+    return ray.data.from_arrow(parts)
+
+
+def share(ds: Any, value: Any) -> Any:
+    """``value`` for the passes over ``ds``: put in Ray's object store once (each worker process fetches it
+    once, :meth:`GlobalStage.shared`), or handed over as it is when ``ds`` runs in process."""
+    if in_process(ds):
+        return value
+    import ray
+
+    return ray.put(value)
+
+
+def fetch(value: Any) -> Any:
+    """The value :func:`share` handed over: fetched from Ray's object store if it is a reference."""
+    ray = sys.modules.get("ray")  # an object reference exists only where Ray is imported
+    if ray is not None and isinstance(value, ray.ObjectRef):
+        return ray.get(value)
+    return value
+
+
 @dataclass
 class Prepared:
     """What :meth:`GlobalStage.prepare` hands on.
 
     Args:
-        shared: values the row-wise pass reads with :meth:`GlobalStage.shared` (large ones as
-            ``ray.put`` references, fetched once per worker process).
+        shared: values the row-wise pass reads with :meth:`GlobalStage.shared` (large ones through
+            :func:`share`: under Ray object-store references, fetched once per worker process).
         report: the stage's entry in the manifest (``stages[].report``).
     """
 

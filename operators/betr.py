@@ -21,6 +21,8 @@ from operators.base import (
     StageContext,
     mark_removed,
     register,
+    share,
+    tables,
 )
 from operators.classifier import SCORE_CHARS, FastTextModel, embed, train_fasttext
 from operators.models import text_heads
@@ -178,8 +180,6 @@ class Betr(GlobalStage):
 
         Columns id, text (its first ``max_chars`` characters) and domain.
         """
-        import ray
-
         k, seed, cap = self.params["sample_size"], self.params["seed"], self.params["max_chars"]
 
         def smallest(batch: pa.Table) -> pa.Table:
@@ -187,8 +187,8 @@ class Betr(GlobalStage):
             h = hash64(batch.column("id").take(pa.array(idx)).to_pylist(), seed)
             return pa.table({"h": np.sort(h)[:k]})
 
-        refs = ds.map_batches(smallest, batch_format="pyarrow").to_arrow_refs()
-        hashes = [t.column("h").to_numpy() for t in ray.get(refs) if t.num_rows]
+        parts = tables(ds.map_batches(smallest, batch_format="pyarrow"))
+        hashes = [t.column("h").to_numpy() for t in parts if t.num_rows]
         allh = np.concatenate(hashes) if hashes else np.zeros(0, dtype=np.uint64)
         if allh.size == 0:
             return pa.table({c: pa.array([], pa.string()) for c in ("id", "text", "domain")})
@@ -203,15 +203,13 @@ class Betr(GlobalStage):
                 return out
             return out.set_column(1, "text", pc.utf8_slice_codeunits(out.column("text"), start=0, stop=cap))
 
-        parts = [t for t in ray.get(ds.map_batches(pick, batch_format="pyarrow").to_arrow_refs()) if t.num_rows]
+        parts = [t for t in tables(ds.map_batches(pick, batch_format="pyarrow")) if t.num_rows]
         table = pa.concat_tables(parts)
         order = np.argsort(hash64(table.column("id").to_pylist(), seed), kind="stable")
         return table.take(pa.array(order))
 
     @classmethod
     def prepare(cls, ds, params: dict[str, Any], ctx: StageContext) -> Prepared:
-        import ray
-
         op = cls(stage="prepare", **params)
         p = op.params
         t0 = time.perf_counter()
@@ -227,6 +225,8 @@ class Betr(GlobalStage):
 
         t1 = time.perf_counter()
         if ctx.gpus:
+            import ray
+
             embed_task = ray.remote(num_gpus=1)(_embed_all)
             emb_t, emb_d = ray.get(
                 [embed_task.remote(p["encoder"], x, p["embed_batch_size"]) for x in (targets, texts)]
@@ -264,7 +264,7 @@ class Betr(GlobalStage):
             pred = model.proba([texts[i] for i in val], POS) >= 0.5
             accuracy = round(float((pred == positive[val]).mean()), 4)
         data = model.to_bytes()
-        ref = ray.put(data)
+        ref = share(ds, data)
         t_train = time.perf_counter() - t2
 
         # pass 2: fastText scores of every live document -> token-weighted cutoff
@@ -276,7 +276,7 @@ class Betr(GlobalStage):
             texts_b = text_heads(batch.column("text").take(pa.array(idx)), p["max_chars"])
             return pa.table({"s": scorer.score(texts_b), "w": token_weights(batch, idx)})
 
-        parts = [t for t in ray.get(ds.map_batches(scored, batch_format="pyarrow").to_arrow_refs()) if t.num_rows]
+        parts = [t for t in tables(ds.map_batches(scored, batch_format="pyarrow")) if t.num_rows]
         s = np.concatenate([t.column("s").to_numpy() for t in parts])
         w = np.concatenate([t.column("w").to_numpy() for t in parts]).astype(np.float64)
         by = np.argsort(-s, kind="stable")

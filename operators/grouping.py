@@ -11,7 +11,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from operators.base import StageContext
+from operators.base import StageContext, in_process, tables
 
 #: at most this many rows (a key and a value each, ~100 bytes) are grouped in the driver
 DRIVER_GROUP_ROWS = 1_000_000
@@ -21,7 +21,7 @@ def repeated(ds, key: str, value: str, ctx: StageContext) -> pa.Table:
     """``(key, n, first)`` for every key that occurs in more than one row of ``ds`` (a dataset of the two
     string columns ``key`` and ``value``): ``n`` rows, ``first`` the smallest value among them."""
     schema = pa.schema([(key, pa.string()), ("n", pa.int64()), ("first", pa.string())])
-    if ctx.rows is not None and ctx.rows <= DRIVER_GROUP_ROWS:
+    if in_process(ds) or (ctx.rows is not None and ctx.rows <= DRIVER_GROUP_ROWS):
         table = _group_in_driver(ds, key, value)
     else:
         table = _group_with_ray(ds, key, value, ctx.num_partitions)
@@ -31,9 +31,7 @@ def repeated(ds, key: str, value: str, ctx: StageContext) -> pa.Table:
 
 
 def _group_in_driver(ds, key: str, value: str) -> pa.Table | None:
-    import ray
-
-    parts = [t.select([key, value]) for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
+    parts = [t.select([key, value]) for t in tables(ds) if t.num_rows]
     if not parts:
         return None
     rows = pa.concat_tables(parts, promote_options="permissive")

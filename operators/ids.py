@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from operators.base import GlobalStage, Prepared, StageContext, mark_removed, register
+from operators.base import GlobalStage, Prepared, StageContext, mark_removed, register, share
 from operators.grouping import repeated
 
 REASON_DUPLICATE_ID = "input_duplicate_id"
@@ -28,10 +28,8 @@ class InputIds(GlobalStage):
 
     @classmethod
     def prepare(cls, ds, params: dict[str, Any], ctx: StageContext) -> Prepared:
-        import ray
-
         table = repeated(ds.select_columns(["id", "source"]), "id", "source", ctx)
-        return Prepared({"dups": ray.put(table.select(["id", "first"]))}, {"repeated_ids": int(table.num_rows)})
+        return Prepared({"dups": share(ds, table.select(["id", "first"]))}, {"repeated_ids": int(table.num_rows)})
 
     def apply(self, batch: pa.Table, active: np.ndarray) -> pa.Table:
         dups = self.shared("dups")

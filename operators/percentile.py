@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import AfterValidator
 
-from operators.base import GlobalStage, Prepared, StageContext, mark_removed, register
+from operators.base import GlobalStage, Prepared, StageContext, mark_removed, register, tables
 from storage.schema import SCORE_FIELDS
 
 logger = logging.getLogger(__name__)
@@ -96,7 +96,6 @@ class PercentileFilter(GlobalStage):
     @classmethod
     def prepare(cls, ds, params: dict[str, Any], ctx: StageContext) -> Prepared:
         import polars as pl
-        import ray
 
         probe = cls(stage="prepare", **params)
         col = probe.column
@@ -113,7 +112,7 @@ class PercentileFilter(GlobalStage):
                 }
             )
 
-        parts = [t for t in ray.get(ds.map_batches(values, batch_format="pyarrow").to_arrow_refs()) if t.num_rows]
+        parts = [t for t in tables(ds.map_batches(values, batch_format="pyarrow")) if t.num_rows]
         df = pl.from_arrow(pa.concat_tables(parts)) if parts else pl.DataFrame({"domain": [], "v": []})
         if not probe.per_domain:
             df = df.with_columns(pl.lit(ALL).alias("domain"))

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 from operators import load_all
 from operators.base import REGISTRY, DataMismatch
 from pipelines.recipe import Recipe, stage_params
+from pipelines.stats import node_id, report
 from storage.schema import ERROR, REASON, STAGE, with_column
 
 logger = logging.getLogger(__name__)
@@ -62,15 +63,9 @@ def run_chain(batch: pa.Table, *, key: str, specs: list, stats=None) -> pa.Table
         if m := op.drain_metrics():
             metrics[name] = m
     if stats is not None and (added or metrics):
-        import ray
-
-        ray.get(stats.add_generated.remote(added, metrics, first_id))
+        report(stats, "add_generated", added, metrics, first_id)
     if stats is not None and times:
-        import ray
-
-        from pipelines.stats import node_id
-
-        ray.get(stats.add_stage.remote(times, n, node_id()))
+        report(stats, "add_stage", times, n, node_id())
     return batch
 
 

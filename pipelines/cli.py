@@ -35,9 +35,17 @@ def curate(
     fresh: bool = typer.Option(
         False, "--fresh", help="Start over: delete what Sluice wrote in the run directory (nothing else)."
     ),
+    engine: str = typer.Option(
+        None,
+        "--engine",
+        help="ray, local (in this process, no Ray) or auto (the default, or $SLUICE_ENGINE): in process when the "
+        "inputs take at most 64 MB and no cluster is joined ($RAY_ADDRESS).",
+    ),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Log more."),
 ) -> None:
-    """Run RECIPE on Ray Data (local, or the cluster at $RAY_ADDRESS) into Parquet shards."""
+    """Run RECIPE into Parquet shards: on Ray Data (local, or the cluster at $RAY_ADDRESS), or in this process
+    when the inputs are small."""
+    from pipelines.local import requested_engine
     from pipelines.recipe import RecipeError, load_recipe
     from pipelines.runner import ConservationError, InputError, run
     from storage.run import RunLockedError, UnsafePathError
@@ -47,12 +55,17 @@ def curate(
     )
     logging.getLogger("pipelines").setLevel(logging.INFO)
     try:
+        requested_engine(engine)
+    except ValueError as e:
+        err.print(f"[red]invalid option[/red] --engine: {e}", highlight=False)
+        raise typer.Exit(2) from None
+    try:
         r = load_recipe(recipe)
     except RecipeError as e:
         err.print(f"[red]invalid recipe[/red] {e}", highlight=False)
         raise typer.Exit(2) from None
     try:
-        manifest = run(r, out, fresh=fresh, recipe_text=recipe.read_text())
+        manifest = run(r, out, fresh=fresh, recipe_text=recipe.read_text(), engine=engine)
     except RecipeError as e:  # found in the data: e.g. an input field that clashes with a Sluice column
         err.print(f"[red]invalid recipe[/red] {e}", highlight=False)
         raise typer.Exit(2) from None

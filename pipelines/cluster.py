@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 logger = logging.getLogger(__name__)
 
@@ -30,14 +31,33 @@ def accelerators() -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
 
+def local_cpus() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _ray_up() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
 def cpus() -> int:
+    """CPUs of the Ray cluster (this machine's when Ray is not started: an in-process run)."""
+    if not _ray_up():
+        return local_cpus()
     import ray
 
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 def node_cpus() -> int:
-    """CPUs Ray gives the node this process runs on (the whole cluster's when the node is not found)."""
+    """CPUs Ray gives the node this process runs on (the whole cluster's when the node is not found;
+    this machine's when Ray is not started)."""
+    if not _ray_up():
+        return local_cpus()
     import ray
 
     node = ray.get_runtime_context().get_node_id()
@@ -57,7 +77,15 @@ def describe_cluster() -> dict:
         "cpus": int(res.get("CPU", 0)),
         "gpus": int(res.get("GPU", 0)),
         "joined": os.environ.get("RAY_ADDRESS", "") not in ("", "local"),
+        "engine": "ray",
     }
+
+
+def describe_local() -> dict:
+    """What the manifest records about an in-process run (no Ray): this machine, its CPUs, GPUs torch sees."""
+    torch = sys.modules.get("torch")  # imported only when a model stage ran: not worth importing to count
+    gpus = torch.cuda.device_count() if torch is not None and torch.cuda.is_available() else 0
+    return {"nodes": 1, "cpus": local_cpus(), "gpus": gpus, "joined": False, "engine": "local"}
 
 
 def lost_workers() -> set[str] | None:

@@ -285,11 +285,9 @@ def read_file(task: FileTask, stats=None, meta: RunMetadata | None = None) -> It
         n += 1
         yield rows.flush()
     if stats is not None:
-        import ray
+        from pipelines.stats import node_id, report
 
-        from pipelines.stats import node_id
-
-        ray.get(stats.add_read.remote(task.uri, n, node_id()))
+        report(stats, "add_read", task.uri, n, node_id())
 
 
 class InputDatasource(Datasource):

@@ -79,13 +79,22 @@ def warn_if_short_of_space(out_dir: str, inputs: dict[str, list]) -> int | None:
 
 
 # ---------------------------------------------------------------- the run
-def run(recipe: Recipe, out_dir: str | None = None, *, fresh: bool = False, recipe_text: str = "") -> dict:
+def run(
+    recipe: Recipe,
+    out_dir: str | None = None,
+    *,
+    fresh: bool = False,
+    recipe_text: str = "",
+    engine: str | None = None,
+) -> dict:
     """Run ``recipe``; return the manifest.
 
     The output directory is claimed first (:meth:`storage.run.RunDir.claim`: it must be new,
     empty or Sluice's own, and overlap no input) and locked for the run's duration; ``fresh``
-    deletes only what Sluice wrote there. Raises ConservationError if rows went missing and
-    InputError for repeated ids or input files that could not be read completely.
+    deletes only what Sluice wrote there. ``engine`` is ``ray``, ``local`` (in this process, no
+    Ray: :mod:`pipelines.local`) or ``auto`` (the default, or ``SLUICE_ENGINE``: in process for
+    small inputs when no Ray cluster is joined or running). Raises ConservationError if rows went
+    missing and InputError for repeated ids or input files that could not be read completely.
     """
     out_dir = (out_dir or recipe.output.dir).rstrip("/")
     rd = RunDir(out_dir)
@@ -96,22 +105,16 @@ def run(recipe: Recipe, out_dir: str | None = None, *, fresh: bool = False, reci
         if fresh:
             n = rd.clear()
             logger.info("--fresh: deleted %d file(s) Sluice had written in %s", n, out_dir)
-        return _run(recipe, rd, out_dir, recipe_text)
+        return _run(recipe, rd, out_dir, recipe_text, engine)
 
 
-def _run(recipe: Recipe, rd: RunDir, out_dir: str, recipe_text: str) -> dict:
+def _start_ray() -> int:
+    """Start or join Ray and set the Ray Data options every run uses; the cluster's GPUs."""
     import ray.data
     from ray.data.context import ShuffleStrategy
 
-    from pipelines.cluster import accelerators, describe_cluster, init_ray
-    from pipelines.readers import InputDatasource
+    from pipelines.cluster import accelerators, init_ray
 
-    source = InputDatasource(recipe.inputs)  # the one listing of the inputs: read, fingerprinted, sized
-    inputs = input_state(source.tasks)
-    warn_if_short_of_space(out_dir, inputs)
-    hashes = FileHashes(out_dir)
-    files = stage_files(recipe, hashes)
-    hashes.save()
     init_ray()
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # identical outputs across runs and resumes
@@ -119,14 +122,33 @@ def _run(recipe: Recipe, rd: RunDir, out_dir: str, recipe_text: str) -> dict:
     ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     if not sys.stderr.isatty() and not logger.isEnabledFor(logging.DEBUG):
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-second progress lines in logs
-    gpus = accelerators()
+    return accelerators()
+
+
+def _run(recipe: Recipe, rd: RunDir, out_dir: str, recipe_text: str, engine: str | None) -> dict:
+    from pipelines.cluster import describe_cluster, describe_local
+    from pipelines.local import LocalEngine, choose_engine
+    from pipelines.readers import InputDatasource
+    from pipelines.segments import RayEngine
+
+    source = InputDatasource(recipe.inputs)  # the one listing of the inputs: read, fingerprinted, sized
+    inputs = input_state(source.tasks)
+    warn_if_short_of_space(out_dir, inputs)
+    hashes = FileHashes(out_dir)
+    files = stage_files(recipe, hashes)
+    hashes.save()
+    chosen = choose_engine(engine, sum(size or 0 for size, _ in inputs.values()))
+    logger.info("engine: %s", "in this process (no Ray)" if chosen == "local" else "Ray")
+    if chosen == "local":
+        executor, gpus = LocalEngine(), 0  # in process, model operators find a GPU themselves
+    else:
+        executor, gpus = RayEngine(), _start_ray()
     started = datetime.now(timezone.utc)
     t_run = time.perf_counter()
 
-    records = _run_segments(recipe, rd, out_dir, inputs, files, gpus, source)
-    manifest = build_manifest(
-        recipe, out_dir, records, started, time.perf_counter() - t_run, recipe_text, describe_cluster()
-    )
+    records = _run_segments(recipe, rd, out_dir, inputs, files, gpus, source, executor)
+    cluster = describe_local() if chosen == "local" else describe_cluster()
+    manifest = build_manifest(recipe, out_dir, records, started, time.perf_counter() - t_run, recipe_text, cluster)
     write_manifest(out_dir, manifest)
     if not manifest["conservation"]["ok"]:
         raise ConservationError(manifest["conservation"]["message"])
@@ -135,17 +157,15 @@ def _run(recipe: Recipe, rd: RunDir, out_dir: str, recipe_text: str) -> dict:
 
 
 def _run_segments(
-    recipe: Recipe, rd: RunDir, out_dir: str, inputs: dict, files: list, gpus: int, source
+    recipe: Recipe, rd: RunDir, out_dir: str, inputs: dict, files: list, gpus: int, source, engine
 ) -> list[SegmentRecord]:
     """Run (or reuse the complete checkpoint of) every segment in order; their records."""
-    import ray
-
-    from pipelines.stats import RunStats
+    from pipelines import stats as run_stats
 
     root = rd.root
     segments = plan_segments(recipe)
     records: list[SegmentRecord] = []
-    stats = None  # the RunStats actor, started when a segment first runs
+    stats = None  # the run's statistics (under Ray an actor), started when a segment first runs
     try:
         for seg in segments:
             last = seg is segments[-1]
@@ -172,8 +192,8 @@ def _run_segments(
             names = [s.stage_name for s in recipe.stages[seg.start : seg.end]] or ["read"]
             logger.info("[%d/%d] running %s", seg.index + 1, len(segments), " → ".join(names))
             try:
-                stats = stats or RunStats.remote()
-                rec = run_segment(recipe, seg, ckdir, rd, last, records, gpus, source, stats)
+                stats = stats or run_stats.start(in_process=engine.name == "local")
+                rec = run_segment(recipe, seg, ckdir, rd, last, records, gpus, source, stats, engine)
             except OSError as e:  # a full disk, lost permissions, object storage errors: say where, and how to go on
                 cause = getattr(e, "cause", None)  # a RayTaskError carries the task's own exception
                 cause = cause if isinstance(cause, BaseException) else e
@@ -191,8 +211,7 @@ def _run_segments(
             for later in segments[seg.index + 1 :]:
                 rd.delete(f"{root}/{STAGES}/{later.index:02d}-{later.name}")
     finally:
-        if stats is not None:
-            ray.kill(stats)
+        run_stats.stop(stats)
     return records
 
 

@@ -24,6 +24,7 @@ from operators import load_all
 from operators.base import REGISTRY, GlobalStage, StageContext
 from pipelines.chain import apply_stages
 from pipelines.recipe import Recipe, stage_params
+from pipelines.stats import report
 from storage.fs import resolve
 from storage.run import REMOVED, SHARDS, SUCCESS, RunDir, atomic_write
 from storage.schema import INTERNAL_COLUMNS, READ_SCHEMA
@@ -147,15 +148,34 @@ class SegmentRecord:
         return [f"{base}/{f['path']}" for f in self.files]
 
 
-# ---------------------------------------------------------------- checkpoints
-def read_checkpoint(ckdir: str, sub: str = LIVE):
-    """A checkpoint's ``live`` (or ``removed``) rows as a Ray dataset, in written order."""
-    import ray.data
+# ---------------------------------------------------------------- engines
+class RayEngine:
+    """Runs a segment's reads, passes and writes as Ray Data plans (:class:`pipelines.local.LocalEngine`
+    runs them in this process)."""
 
-    files = RunDir(ckdir).parquet(sub)
-    if not files:
-        return ray.data.from_arrow(READ_SCHEMA.empty_table())
-    return ray.data.read_datasource(ParquetFiles(files), override_num_blocks=len(files))
+    name = "ray"
+
+    def read_input(self, source: Any):
+        import ray.data
+
+        return ray.data.read_datasource(source, override_num_blocks=max(1, len(source.get_read_tasks(1))))
+
+    def read_checkpoint(self, ckdir: str, sub: str):
+        """A checkpoint's ``live`` (or ``removed``) rows, in written order."""
+        import ray.data
+
+        files = RunDir(ckdir).parquet(sub)
+        if not files:
+            return ray.data.from_arrow(READ_SCHEMA.empty_table())
+        return ray.data.read_datasource(ParquetFiles(files), override_num_blocks=len(files))
+
+    def write(self, ds: Any, sink: ShardSink) -> None:
+        ds.write_datasink(sink)
+
+    def lost_workers(self) -> set[str] | None:
+        from pipelines.cluster import lost_workers
+
+        return lost_workers()
 
 
 def _rows_per_write(target_bytes: int, records: list[SegmentRecord]) -> int:
@@ -194,28 +214,25 @@ def run_segment(
     gpus: int,
     source: Any,
     stats: Any,
+    engine: Any,
 ) -> SegmentRecord:
     """Run ``seg`` after the segments in ``records`` (the previous one's checkpoint is its input; the
     first reads ``source``, the run's :class:`~pipelines.readers.InputDatasource`). ``stats`` is the
-    run's :class:`~pipelines.stats.RunStats` actor (one per run: an actor costs a worker process)."""
-    import ray
-    import ray.data
-
-    from pipelines.cluster import lost_workers
-
+    run's :mod:`pipelines.stats` (one per run: under Ray an actor costs a worker process); ``engine``
+    a :class:`RayEngine` or an in-process :class:`~pipelines.local.LocalEngine`."""
     out_dir = rd.uri
     prev = records[-1].dir if records else None
     t0 = time.perf_counter()
-    lost_before = lost_workers()
-    ray.get(stats.reset.remote())
+    lost_before = engine.lost_workers()
+    report(stats, "reset")
     meta = None
     if prev is None:
         meta = source.scan_metadata()  # one metadata schema for every block, fixed before the read
         source.stats = stats
-        ds = ray.data.read_datasource(source, override_num_blocks=max(1, len(source.get_read_tasks(1))))
+        ds = engine.read_input(source)
         rows_in = None
     else:
-        ds = read_checkpoint(prev)
+        ds = engine.read_checkpoint(prev, LIVE)
         rows_in = records[-1].live_rows
     extra: dict[str, Any] = {}
     reports: dict[str, Any] = {}
@@ -230,7 +247,7 @@ def run_segment(
             prepare_s = time.perf_counter() - tp
             extra = {"_shared": prepared.shared}
             reports[first.stage_name] = prepared.report
-            ds = read_checkpoint(prev)
+            ds = engine.read_checkpoint(prev, LIVE)
     ds = apply_stages(ds, recipe, seg.start, seg.end, extra, stats, gpus)
 
     copied: list[dict] = []
@@ -244,12 +261,12 @@ def run_segment(
         sink = ShardSink(out_dir, RunLayout(INTERNAL_COLUMNS), target, _rows_per_write(target, records))
     else:
         sink = ShardSink(ckdir, CheckpointLayout(), CHECKPOINT_BYTES, _rows_per_write(CHECKPOINT_BYTES, records))
-    ds.write_datasink(sink)
-    snap = ray.get(stats.snapshot.remote())
+    engine.write(ds, sink)
+    snap = report(stats, "snapshot")
     seconds = dict(snap["seconds"])
     if seg.end > seg.start and prepare_s:
         seconds[recipe.stages[seg.start].stage_name] = seconds.get(recipe.stages[seg.start].stage_name, 0) + prepare_s
-    lost_after = lost_workers()
+    lost_after = engine.lost_workers()
     lost = None if lost_before is None or lost_after is None else len(lost_after - lost_before)
     if lost:
         logger.warning("segment %s: %d Ray worker(s) died; Ray re-ran their tasks", seg.name, lost)

@@ -1,20 +1,56 @@
-"""Run statistics gathered from Ray workers: rows read per file, busy seconds per stage, nodes that worked."""
+"""Run statistics gathered from the workers: rows read per file, busy seconds per stage, nodes that worked.
+
+Under Ray the statistics live in one small actor per run (:func:`start`); an in-process run
+(:mod:`pipelines.local`) keeps a plain :class:`RunStats`. Readers and stage chains report
+through :func:`report`, which serves both.
+"""
 
 from __future__ import annotations
 
+import sys
 from collections import defaultdict
+from typing import Any
 
-import ray
+#: the node an in-process run reports (it has no Ray node id)
+LOCAL_NODE = "local"
 
 
 def node_id() -> str:
     """The Ray node this worker runs on (reported with every call, so a run records the nodes it used)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return LOCAL_NODE
     return ray.get_runtime_context().get_node_id()
 
 
-@ray.remote(num_cpus=0)
+def start(in_process: bool) -> Any:
+    """The run's statistics: a plain object in process, else an actor (it costs a worker process)."""
+    if in_process:
+        return RunStats()
+    import ray
+
+    return ray.remote(num_cpus=0)(RunStats).remote()
+
+
+def report(stats: Any, method: str, *args: Any) -> Any:
+    """Call ``method`` of the run's statistics, an actor or a plain :class:`RunStats`; its result."""
+    if isinstance(stats, RunStats):
+        return getattr(stats, method)(*args)
+    import ray
+
+    return ray.get(getattr(stats, method).remote(*args))
+
+
+def stop(stats: Any) -> None:
+    """End the statistics actor (nothing to do in process)."""
+    if stats is not None and not isinstance(stats, RunStats):
+        import ray
+
+        ray.kill(stats)
+
+
 class RunStats:
-    """A small actor the readers and stage chains report to (one call per file or batch)."""
+    """What the readers and stage chains report (one call per file or batch)."""
 
     def __init__(self) -> None:
         self.reset()

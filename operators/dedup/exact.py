@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from operators.base import GlobalStage, Prepared, StageContext, mark_removed, register
+from operators.base import GlobalStage, Prepared, StageContext, mark_removed, register, share
 from operators.dedup.components import size_histogram
 from operators.grouping import repeated
 
@@ -42,8 +42,6 @@ class ExactDedup(GlobalStage):
 
     @classmethod
     def prepare(cls, ds, params: dict[str, Any], ctx: StageContext) -> Prepared:
-        import ray
-
         probe = cls(stage="prepare", **params)
 
         def keyed(batch: pa.Table) -> pa.Table:
@@ -60,7 +58,7 @@ class ExactDedup(GlobalStage):
             "largest_group": int(sizes.max()) if sizes.size else 0,
             "group_size_histogram": size_histogram(sizes),
         }
-        return Prepared({"dups": ray.put(table.select(["_h", "survivor"]))}, report)
+        return Prepared({"dups": share(ds, table.select(["_h", "survivor"]))}, report)
 
     def apply(self, batch: pa.Table, active: np.ndarray) -> pa.Table:
         dups = self.shared("dups")

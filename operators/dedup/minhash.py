@@ -24,8 +24,10 @@ from operators.base import (
     Probability,
     Share,
     StageContext,
+    in_process,
     mark_removed,
     register,
+    share,
 )
 from operators.dedup.components import cluster_table, connected_components, distinct_edges, edge_nodes, size_histogram
 from operators.dedup.lsh_plan import MinHashConfig, optimal_bands_rows
@@ -163,7 +165,6 @@ class MinHashDedup(GlobalStage):
     @classmethod
     def prepare(cls, ds, params: dict[str, Any], ctx: StageContext) -> Prepared:
         import polars as pl
-        import ray
 
         op = cls(stage="prepare", **params)
         cfg = op.config
@@ -232,7 +233,7 @@ class MinHashDedup(GlobalStage):
             report["clusters"],
             report["duplicates_removed"],
         )
-        return Prepared({"clusters": ray.put(table)}, report)
+        return Prepared({"clusters": share(ds, table)}, report)
 
     # ------------------------------------------------------------------ apply
     def apply(self, batch: pa.Table, active: np.ndarray) -> pa.Table:
@@ -276,11 +277,11 @@ def _with_uids(table: pa.Table) -> tuple[pa.Table, np.ndarray]:
 @contextlib.contextmanager
 def _shuffle_strategy(ds, name: str):
     """Use the sort shuffle for the datasets prepare() derives from ``ds`` or creates (then restore)."""
-    from ray.data.context import DataContext, ShuffleStrategy
-
-    if name != "sort":
+    if name != "sort" or in_process(ds):  # an in-process run has no shuffles
         yield
         return
+    from ray.data.context import DataContext, ShuffleStrategy
+
     contexts = [DataContext.get_current(), ds.context]
     old = [c.shuffle_strategy for c in contexts]
     for c in contexts:

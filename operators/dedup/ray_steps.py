@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from operators.base import active_rows
+from operators.base import active_rows, fetch, from_tables, share
 from operators.dedup.components import EDGE_SCHEMA, ParquetSpill, iter_parquet
 from operators.dedup.lsh_plan import MinHashConfig
 from operators.dedup.signatures import (
@@ -124,10 +124,8 @@ def _split(ds):
 
 def name_candidates(ds, run: StepConfig, candidates: np.ndarray, path: str) -> str:
     """Key, id and score of every candidate document (``verify: false``), spilled to ``path``."""
-    import ray
-
     names = _split(ds).map_batches(
-        candidate_names, batch_format="pyarrow", fn_kwargs={"run": run, "candidates": ray.put(candidates)}
+        candidate_names, batch_format="pyarrow", fn_kwargs={"run": run, "candidates": share(ds, candidates)}
     )
     return spill(names, path, DOCS_SCHEMA).path
 
@@ -218,13 +216,14 @@ _BROADCAST: dict[str, Any] = {}
 
 
 def _broadcast(ref) -> Any:
-    """``ray.get`` once per worker process for the current prepare()."""
-    import ray
-
+    """``ray.get`` once per worker process for the current prepare() (a value :func:`share` handed over in
+    process is used as it is)."""
+    if not hasattr(ref, "hex"):
+        return ref
     key = ref.hex()
     if key not in _BROADCAST:
         _BROADCAST.clear()
-        _BROADCAST[key] = ray.get(ref)
+        _BROADCAST[key] = fetch(ref)
     return _BROADCAST[key]
 
 
@@ -327,8 +326,6 @@ def verify_pairs(run: StepConfig, ds, cand_path: str, tmp: str, num_partitions: 
     pairs' Jaccard. A star bucket's pairs share ``a``, so its center's set travels once.
     """
     import polars as pl
-    import ray
-    import ray.data
 
     shards = 4 * max(2, num_partitions)
     scan = pl.scan_parquet(cand_path)
@@ -339,14 +336,14 @@ def verify_pairs(run: StepConfig, ds, cand_path: str, tmp: str, num_partitions: 
         .sort(["uid", "shard"])
         .collect()
     )
-    dests = ray.put((dest["uid"].to_numpy(), dest["shard"].to_numpy()))
+    dests = share(ds, (dest["uid"].to_numpy(), dest["shard"].to_numpy()))
     docs = (
         _split(ds)
         .map_batches(_candidate_sets, batch_format="pyarrow", fn_kwargs={"run": run, "dests": dests})
         .repartition(target_num_rows_per_block=SHUFFLE_BLOCK_ROWS // 16, strict=True)  # rows carry shingle sets
     )
     parts = [pa.Table.from_batches([b]) for b in iter_parquet(cand_path, ["a", "b"], 1 << 20)]
-    pairs = ray.data.from_arrow(parts).map_batches(_pair_rows, batch_format="pyarrow", fn_kwargs={"shards": shards})
+    pairs = from_tables(ds, parts).map_batches(_pair_rows, batch_format="pyarrow", fn_kwargs={"shards": shards})
     scored = (
         docs.union(pairs)
         .groupby("shard", num_partitions=max(2, num_partitions))

@@ -87,7 +87,7 @@ def test_two_node_cluster_equals_single_node(tmp_path):
     assert {r for _, _, r, _ in gone1} >= {"input_bad_json", "length_too_short", "exact_duplicate"}
     assert m2["conservation"] == m1["conservation"] and m2["conservation"]["ok"]
     assert [s["removed"] for s in m2["stages"]] == [s["removed"] for s in m1["stages"]]
-    assert m2["cluster"] == {"nodes": 2, "cpus": 2, "gpus": 0, "joined": True}
+    assert m2["cluster"] == {"nodes": 2, "cpus": 2, "gpus": 0, "joined": True, "engine": "ray"}
     assert m1["cluster"]["nodes"] == 1
     # Ray Data spread the work: some segment ran tasks on both nodes
     assert max(s["nodes"] for s in m2["segments"]) == 2, m2["segments"]

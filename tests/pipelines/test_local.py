@@ -1,0 +1,213 @@
+"""In-process runs (pipelines.local): Ray Data's batch semantics, the same decisions as a Ray run, resume across
+engines, and what ``auto`` chooses."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from pipelines.demo_data import build
+from pipelines.local import LOCAL_MAX_BYTES, LocalDataset, choose_engine
+from pipelines.recipe import parse_recipe
+from pipelines.runner import run
+from storage.shards import read_shards
+from tests.conftest import prose, write_jsonl
+from tests.operators.test_classifier import TOPICS, topic_doc
+from tests.operators.test_perplexity import FLUENT, shuffled
+
+SLUICE = str(Path(sys.executable).parent / "sluice")
+DEMO = Path(__file__).parents[2] / "pipelines" / "recipes" / "demo.yaml"
+
+
+def _blocks(*sizes: int) -> list[pa.Table]:
+    start, out = 0, []
+    for n in sizes:
+        out.append(pa.table({"k": [i % 3 for i in range(start, start + n)], "v": list(range(start, start + n))}))
+        start += n
+    return out
+
+
+def test_batches_are_blocks_or_regrouped_rows_like_ray_data():
+    ds = LocalDataset(_blocks(5, 0, 7))
+    assert [b.num_rows for b in ds.iter_batches()] == [5, 0, 7]
+    seen = []
+    out = ds.map_batches(
+        lambda b, add: b.set_column(1, "v", pa.array([x + add for x in b["v"].to_pylist()])),
+        batch_size=4,
+        fn_kwargs={"add": 100},
+    )
+    assert [b.num_rows for b in out.blocks] == [4, 4, 4]
+    assert [v for b in out.blocks for v in b["v"].to_pylist()] == list(range(100, 112))
+
+    class Counter:  # a class is built once, like an actor, then called per batch
+        built = 0
+
+        def __init__(self, tag):
+            Counter.built += 1
+            self.tag = tag
+
+        def __call__(self, batch):
+            seen.append((self.tag, batch.num_rows))
+            return batch
+
+    ds.map_batches(Counter, fn_constructor_kwargs={"tag": "x"}, batch_size=5)
+    assert Counter.built == 1 and seen == [("x", 5), ("x", 5), ("x", 2)]
+    assert [b.num_rows for b in ds.repartition(target_num_rows_per_block=3).blocks] == [3, 3, 3, 3]
+    with pytest.raises(ValueError, match="pyarrow"):
+        ds.map_batches(lambda b: b, batch_format="pandas")
+
+
+def test_map_groups_gets_each_key_whole_in_key_order():
+    groups = (
+        LocalDataset(_blocks(4, 5))
+        .groupby("k")
+        .map_groups(lambda g: pa.table({"k": [g["k"][0].as_py()], "vs": [sorted(g["v"].to_pylist())]}))
+    )
+    rows = [r for b in groups.blocks for r in b.to_pylist()]
+    assert rows == [{"k": 0, "vs": [0, 3, 6]}, {"k": 1, "vs": [1, 4, 7]}, {"k": 2, "vs": [2, 5, 8]}]
+    assert LocalDataset([]).groupby("k").map_groups(lambda g: g).blocks == []
+
+
+def test_choose_engine(monkeypatch):
+    monkeypatch.delenv("SLUICE_ENGINE", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    assert choose_engine(None, 1000) == "local"
+    assert choose_engine(None, LOCAL_MAX_BYTES + 1) == "ray"
+    assert choose_engine("ray", 10) == "ray" and choose_engine("local", 10**12) == "local"
+    monkeypatch.setenv("SLUICE_ENGINE", "ray")
+    assert choose_engine(None, 10) == "ray"
+    monkeypatch.delenv("SLUICE_ENGINE")
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")  # a cluster to join: never silently in process
+    assert choose_engine(None, 10) == "ray"
+    with pytest.raises(ValueError, match="engine must be one of auto, local, ray, got 'spark'"):
+        choose_engine("spark", 10)
+
+
+# ---------------------------------------------------------------- the same decisions as a Ray run
+def _outputs(out: Path) -> tuple[list, list, list]:
+    """Kept and removed rows (sorted by id, columns by name) and each stage's counts and report, timings left out."""
+
+    def rows(sub: str) -> list:
+        t = read_shards(str(out / sub))
+        return sorted((dict(sorted(r.items())) for r in t.to_pylist()), key=lambda r: (r["id"], r.get("stage") or ""))
+
+    m = json.loads((out / "manifest.json").read_text())
+    stages = []
+    for s in m["stages"]:
+        report = {k: v for k, v in (s.get("report") or {}).items() if k != "seconds"}
+        stages.append((s["stage"], s["rows_in"], s["rows_out"], s["removed"], report))
+    return rows("shards"), rows("removed"), stages
+
+
+def _both(text: str, tmp_path: Path) -> dict:
+    """Run the recipe ``text`` (OUT in place of its output directory) with each engine; compare everything."""
+    manifests = {}
+    for engine in ("ray", "local"):
+        body = text.replace("OUT", str(tmp_path / engine))
+        manifests[engine] = run(parse_recipe(body), recipe_text=body, engine=engine)
+    assert manifests["local"]["cluster"]["engine"] == "local" and manifests["ray"]["cluster"]["engine"] == "ray"
+    kept_r, removed_r, stages_r = _outputs(tmp_path / "ray")
+    kept_l, removed_l, stages_l = _outputs(tmp_path / "local")
+    assert stages_l == stages_r
+    assert removed_l == removed_r
+    assert kept_l == kept_r
+    assert manifests["local"]["conservation"] == manifests["ray"]["conservation"]
+    return manifests["local"]
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_demo_recipe_in_process_equals_ray(tmp_path):
+    build(tmp_path / "demo", max_code=40)
+    text = DEMO.read_text().replace("data/demo", str(tmp_path / "demo")).replace("out/demo", "OUT")
+    m = _both(text, tmp_path)
+    stages = {s["stage"]: s for s in m["stages"]}
+    assert stages["minhash_dedup"]["removed"] and stages["exact_dedup"]["removed"]  # the steps had work to do
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_ids_dedup_and_a_model_percentile_band_in_process_equal_ray(tmp_path):
+    docs = [{"id": f"f{i}", "text": t} for i, t in enumerate(FLUENT)]
+    docs += [{"id": f"s{i}", "text": shuffled(t, i)} for i, t in enumerate(FLUENT)]
+    docs += [{"id": "f0", "text": "a repeated id, second file"}, {"id": "x1", "text": FLUENT[1]}]
+    docs += [{"id": f"n{i}", "text": prose(3) + f" ending {i}."} for i in range(3)]  # near duplicates
+    write_jsonl(tmp_path / "in" / "a.jsonl", docs[:8])
+    write_jsonl(tmp_path / "in" / "b.jsonl", docs[8:])
+    text = f"""inputs:
+  - {{path: "{tmp_path}/in/*.jsonl", domain: web, id_field: id, on_duplicate_id: remove}}
+stages:
+  - {{op: exact_dedup}}
+  - {{op: minhash_dedup, threshold: 0.7, ngram: 3, verify: false}}
+  - {{op: perplexity, max_tokens: 24, batch_size: 4, keep: {{percentile_band: [20, 80]}}}}
+output: {{dir: "OUT", shard_mb: 0.002}}
+"""
+    m = _both(text, tmp_path)
+    removed = {k for s in m["stages"] for k in s["removed"]}
+    assert {"input_duplicate_id", "exact_duplicate", "minhash_duplicate", "ppl_above_band"} <= removed
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_betr_in_process_equals_ray(tmp_path):
+    targets = [
+        {"question": f"How do I {w} it?", "answer": topic_doc("cooking", 900 + i, 8)}
+        for i, w in enumerate(TOPICS["cooking"][:6])
+    ]
+    write_jsonl(tmp_path / "targets.jsonl", targets)
+    write_jsonl(
+        tmp_path / "in" / "a.jsonl",
+        [{"id": f"{t[0]}{i}", "text": topic_doc(t, i, 6)} for t in TOPICS for i in range(8)],
+    )
+    text = f"""inputs:
+  - {{path: "{tmp_path}/in/a.jsonl", domain: web, id_field: id}}
+stages:
+  - op: betr
+    targets: "{tmp_path}/targets.jsonl"
+    sample_size: 32
+    keep_fraction: 0.3
+    min_count: 1
+    epoch: 5
+    bucket: 20000
+output: {{dir: "OUT", shard_mb: 0.002}}
+"""
+    m = _both(text, tmp_path)
+    assert m["stages"][1]["removed"] == {"betr_below_cutoff": m["stages"][1]["rows_in"] - m["stages"][1]["rows_out"]}
+
+
+# ---------------------------------------------------------------- resume, and the command line
+@pytest.mark.usefixtures("ray_session")
+def test_a_run_resumes_across_engines(tmp_path):
+    write_jsonl(tmp_path / "in.jsonl", [{"id": f"d{i}", "text": prose(i % 4)} for i in range(12)])
+    text = f"""inputs: [{{path: "{tmp_path}/in.jsonl", domain: web, id_field: id}}]
+stages: [{{op: normalize}}, {{op: exact_dedup}}, {{op: gopher_quality}}]
+output: {{dir: "{tmp_path}/out", shard_mb: 0.002}}
+"""
+    first = run(parse_recipe(text), recipe_text=text, engine="local")
+    assert first["conservation"]["ok"] and first["conservation"]["removed"] == 8
+    again = run(parse_recipe(text), recipe_text=text, engine="ray")  # same fingerprints: nothing re-runs
+    assert [s["reused"] for s in again["segments"]] == [True, True]
+    assert again["shards"] == first["shards"]
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "SLUICE_ENGINE")}
+    return subprocess.run([SLUICE, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_the_command_runs_small_inputs_in_process_unless_told(tmp_path):
+    write_jsonl(tmp_path / "in.jsonl", [{"id": f"d{i}", "text": prose(i % 3)} for i in range(6)])
+    (tmp_path / "r.yaml").write_text(
+        "inputs: [{path: in.jsonl, domain: web, id_field: id}]\nstages: [{op: exact_dedup}]\noutput: {dir: out}\n"
+    )
+    res = _cli("curate", "r.yaml", "-v", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert m["cluster"]["engine"] == "local" and m["conservation"]["kept"] == 3
+    assert "engine: in this process (no Ray)" in res.stderr
+    bad = _cli("curate", "r.yaml", "--engine", "spark", cwd=tmp_path)
+    assert bad.returncode == 2 and "engine must be one of auto, local, ray, got 'spark'" in bad.stderr
