@@ -8,8 +8,8 @@ family. The same JSONL files go, in one run and on the same cores, through
 
 * Sluice: ``pipelines.runner.run`` with ``{op: minhash_dedup, threshold: 0.8}`` (read →
   checkpoint → minhash_dedup → shards), Ray started beforehand with ``--cpus`` CPUs; with
-  ``--cli`` also the whole ``sluice curate`` command in a fresh process (Python and Ray
-  start-up included);
+  ``--cli`` also the whole ``sluice curate`` command in a fresh process, once on Ray (Python
+  and Ray start-up included) and once ``--engine local`` (in process, no Ray);
 * datatrove: MinhashDedupSignature → Buckets → Cluster → Filter with its default
   MinhashConfig (5-grams, 14 buckets × 8 hashes, xxhash), ``--cpus`` local workers, run in
   a separate Python that has datatrove (never installed into the project's venv);
@@ -255,8 +255,9 @@ def run_sluice(input_glob: str, fmt: str, out: Path, extra: str = "") -> dict:
     return _sluice_result(manifest, out, seconds, cpu)
 
 
-def run_sluice_cli(input_glob: str, out: Path) -> dict:
-    """The whole ``sluice curate`` in a fresh process: Python and imports, Ray's start and shutdown, the run."""
+def run_sluice_cli(input_glob: str, out: Path, engine: str) -> dict:
+    """The whole ``sluice curate --engine ENGINE`` in a fresh process: Python and imports, Ray's start and
+    shutdown (``ray``) or none (``local``: in process), the run."""
     recipe = out.parent / f"{out.name}.yaml"
     recipe.write_text(
         f"""inputs:
@@ -266,7 +267,8 @@ output: {{dir: "{out}", shard_mb: 256}}
 """
     )
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray with every CPU, as a user gets
-    done, wall, cpu = run_measured([str(Path(sys.executable).parent / "sluice"), "curate", str(recipe), "--fresh"], env)
+    cmd = [str(Path(sys.executable).parent / "sluice"), "curate", str(recipe), "--fresh", "--engine", engine]
+    done, wall, cpu = run_measured(cmd, env)
     if done.returncode != 0:
         raise RuntimeError(f"sluice curate failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return _sluice_result(json.loads((out / "manifest.json").read_text()), out, wall, cpu)
@@ -741,7 +743,8 @@ def quality(args) -> dict:
     runs["sluice, again in the same Ray session"] = run_sluice(inputs, "jsonl", work / "sluice-again")
     ray.shutdown()
     if args.cli:
-        runs["sluice curate (CLI, fresh process)"] = run_sluice_cli(inputs, work / "sluice-cli")
+        runs["sluice curate (CLI, fresh process)"] = run_sluice_cli(inputs, work / "sluice-cli", "ray")
+        runs["sluice curate --engine local (in process)"] = run_sluice_cli(inputs, work / "sluice-local", "local")
     if args.dt_python:
         runs["datatrove"] = run_datatrove(args.dt_python, work / "input", args.files, args.cpus, work / "datatrove")
     if not args.skip_datasketch:
@@ -890,7 +893,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--skip-datasketch", action="store_true")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of the signatures-only comparison (0: skip it)")
     ap.add_argument(
-        "--cli", action="store_true", help="also time the whole `sluice curate` in a fresh process (Ray on every CPU)"
+        "--cli",
+        action="store_true",
+        help="also time the whole `sluice curate` in a fresh process, on Ray (every CPU) and in process",
     )
     ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "sluice-bench-minhash"))
     args = ap.parse_args(argv)

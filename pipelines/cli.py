@@ -39,7 +39,8 @@ def curate(
         None,
         "--engine",
         help="ray, local (in this process, no Ray) or auto (the default, or $SLUICE_ENGINE): in process when the "
-        "inputs take at most 64 MB and no cluster is joined ($RAY_ADDRESS).",
+        "inputs take at most 512 MB / CPUs (256 MB on 2 CPUs) and no Ray cluster is named ($RAY_ADDRESS) or "
+        "left running by `ray start`.",
     ),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Log more."),
 ) -> None:

@@ -1,6 +1,7 @@
-"""Segments: the streaming Ray Data plans a recipe runs as, their checkpoints and their records.
+"""Segments: the streaming plans a recipe runs as, their checkpoints and their records.
 
-A segment is one plan (read or previous checkpoint → row-wise operators → write). A
+A segment is one plan (read or previous checkpoint → row-wise operators → write), run by an
+engine: :class:`RayEngine` (Ray Data) or :class:`pipelines.local.LocalEngine` (in process). A
 whole-dataset stage (dedup, thresholds) starts a new segment, because its first pass reads
 the finished input of the stage. Each segment but the last writes a checkpoint under
 ``OUT/_stages/NN-name/`` (``live/`` and ``removed/`` plus a ``_SUCCESS`` record, a

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from pipelines.demo_data import build
-from pipelines.local import LOCAL_MAX_BYTES, LocalDataset, choose_engine
+from pipelines.local import LocalDataset, choose_engine, local_max_bytes
 from pipelines.recipe import parse_recipe
 from pipelines.runner import run
 from storage.shards import read_shards
@@ -76,15 +76,25 @@ def test_choose_engine(monkeypatch):
     monkeypatch.delenv("SLUICE_ENGINE", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     import ray
+    from ray._private import services
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    assert choose_engine(None, 1000) == "local"
-    assert choose_engine(None, LOCAL_MAX_BYTES + 1) == "ray"
+    monkeypatch.setattr(services, "find_bootstrap_address", lambda temp_dir: None)
+    monkeypatch.setattr("pipelines.cluster.local_cpus", lambda: 2)
+    assert local_max_bytes(2) == 256 << 20 and local_max_bytes(8) == 64 << 20 and local_max_bytes(512) == 16 << 20
+    assert choose_engine(None, 1000) == "local" and choose_engine(None, 256 << 20) == "local"
+    assert choose_engine(None, (256 << 20) + 1) == "ray"
     assert choose_engine("ray", 10) == "ray" and choose_engine("local", 10**12) == "local"
     monkeypatch.setenv("SLUICE_ENGINE", "ray")
     assert choose_engine(None, 10) == "ray"
     monkeypatch.delenv("SLUICE_ENGINE")
     monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")  # a cluster to join: never silently in process
+    assert choose_engine(None, 10) == "ray"
+    monkeypatch.delenv("RAY_ADDRESS")
+    monkeypatch.setattr(services, "find_bootstrap_address", lambda temp_dir: "10.0.0.1:6379")  # `ray start` ran
+    assert choose_engine(None, 10) == "ray"
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)  # a Ray session in this process (a notebook)
+    monkeypatch.setattr(services, "find_bootstrap_address", lambda temp_dir: None)
     assert choose_engine(None, 10) == "ray"
     with pytest.raises(ValueError, match="engine must be one of auto, local, ray, got 'spark'"):
         choose_engine("spark", 10)
