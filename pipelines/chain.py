@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from operators import load_all
-from operators.base import REGISTRY, DataMismatch
+from operators.base import REGISTRY, DataMismatch, in_process
 from pipelines.recipe import Recipe, stage_params
 from pipelines.stats import node_id, report
 from storage.schema import ERROR, REASON, STAGE, with_column
@@ -22,14 +22,26 @@ from storage.schema import ERROR, REASON, STAGE, with_column
 logger = logging.getLogger(__name__)
 
 _CHAINS: dict[str, list] = {}
+#: keys of the chains in _CHAINS that hold models (at most one is kept)
+_MODEL_CHAINS: set[str] = set()
 
 
-def _chain(key: str, specs: list[tuple[str, str, dict]]) -> list:
-    """Operators for ``specs``, built once per worker process and reused across tasks."""
+def _chain(key: str, specs: list[tuple[str, str, dict]], models: bool = False) -> list:
+    """Operators for ``specs``, built once per process and reused across tasks and runs.
+
+    A long-lived process (a Ray worker, or the driver of in-process runs) serves many runs: it keeps
+    the newest 8 chains, and of the chains holding ``models`` only the newest one (a model stage's chain
+    is done with before the next one is built, in an actor or in process; each may hold gigabytes)."""
     ops = _CHAINS.get(key)
     if ops is None:
-        if len(_CHAINS) >= 8:  # a long-lived worker serves many runs: keep the newest few
-            _CHAINS.pop(next(iter(_CHAINS)))
+        if models:
+            for old in _MODEL_CHAINS - {key}:
+                _CHAINS.pop(old, None)
+            _MODEL_CHAINS.clear()
+            _MODEL_CHAINS.add(key)
+        if len(_CHAINS) >= 8:
+            _MODEL_CHAINS.discard(oldest := next(iter(_CHAINS)))
+            _CHAINS.pop(oldest)
         load_all()
         ops = [(name, on_error, REGISTRY[op](stage=name, **kw)) for op, name, on_error, kw in specs]
         _CHAINS[key] = ops
@@ -96,6 +108,8 @@ def apply_stages(ds, recipe: Recipe, start: int, end: int, extra: dict[str, Any]
     # all but one CPU, so two model stages on a 2-CPU machine cannot starve the reads (a deadlock)
     pools = sum(heavy for heavy, _ in groups)
     cpu_share = min(1.0, max(0.1, (_cluster_cpus() - 1) / max(1, pools)))
+    # in process the model stages run one after another, each on every CPU; under Ray they stream side by side
+    sharing = 1 if in_process(ds) else pools
     for heavy, specs in groups:
         # ObjectRefs repr with their ids; the files a stage reads are part of the key, so a worker that
         # outlives a run never reuses an operator built from an older version of a model, list or eval set
@@ -109,7 +123,7 @@ def apply_stages(ds, recipe: Recipe, start: int, end: int, extra: dict[str, Any]
             ds = ds.map_batches(
                 ModelChain,
                 batch_format="pyarrow",
-                fn_constructor_kwargs={"specs": specs, "stats": stats, "pools": 0 if on_gpu else pools},
+                fn_constructor_kwargs={"key": key, "specs": specs, "stats": stats, "pools": 0 if on_gpu else sharing},
                 concurrency=gpus if on_gpu else 1,
                 num_gpus=1 if on_gpu else 0,
                 num_cpus=1 if on_gpu else cpu_share,
@@ -165,11 +179,11 @@ class ModelChain:
     less than a CPU so reads cannot starve, but a model forward pass is where a segment's time goes.
     """
 
-    def __init__(self, specs: list, stats=None, pools: int = 0) -> None:
-        self.key = f"model-{id(self)}"
+    def __init__(self, key: str, specs: list, stats=None, pools: int = 0) -> None:
+        self.key = key
         self.specs = specs
         self.stats = stats
-        _chain(self.key, specs)
+        _chain(key, specs, models=True)
         if pools and "torch" in sys.modules:  # a fastText-only chain does not pay torch's import
             from pipelines.cluster import node_cpus
 

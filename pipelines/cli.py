@@ -28,6 +28,25 @@ class Format(str, Enum):
     json = "json"
 
 
+def _data_mismatch(exc: BaseException) -> str | None:
+    """The message of the :class:`~operators.base.DataMismatch` behind ``exc``, if any: raised in process, or
+    in a Ray task (Ray Data's UserCodeException keeps only the task's traceback text, where it is read from)."""
+    import re
+
+    from operators.base import DataMismatch
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, DataMismatch):
+            return str(exc)
+        if m := re.search(r"operators\.base\.DataMismatch: (.*?)(?:\n\n|$)", str(exc), re.S):
+            return m.group(1)
+        seen.add(id(exc))
+        cause = getattr(exc, "cause", None)  # a RayTaskError carries the task's own exception
+        exc = cause if isinstance(cause, BaseException) else (exc.__cause__ or exc.__context__)
+    return None
+
+
 @app.command()
 def curate(
     recipe: Path = typer.Argument(..., help="Recipe YAML (see pipelines/recipes/)."),
@@ -82,6 +101,12 @@ def curate(
     except OSError as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1) from None
+    except Exception as e:
+        mismatch = _data_mismatch(e)
+        if mismatch is None:
+            raise
+        err.print(f"[red]the data does not fit the recipe:[/red] {mismatch}", highlight=False)
+        raise typer.Exit(2) from None
     out_dir = out or r.output.dir
     print_funnel(manifest)
     c = manifest["conservation"]

@@ -221,3 +221,17 @@ def test_the_command_runs_small_inputs_in_process_unless_told(tmp_path):
     assert "engine: in this process (no Ray)" in res.stderr
     bad = _cli("curate", "r.yaml", "--engine", "spark", cwd=tmp_path)
     assert bad.returncode == 2 and "engine must be one of auto, local, ray, got 'spark'" in bad.stderr
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_a_stage_that_does_not_fit_the_data_is_one_clear_message(tmp_path, engine):
+    write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": prose(1)}])
+    (tmp_path / "words.txt").write_text("casino\n")
+    (tmp_path / "r.yaml").write_text(
+        "inputs: [{path: in.jsonl, domain: web}]\n"
+        "stages: [{op: url_filter, block_words: words.txt}]\noutput: {dir: out}\n"
+    )
+    res = _cli("curate", "r.yaml", "--engine", engine, cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert "the data does not fit the recipe: url_filter: the data has no 'url' column" in res.stderr
+    assert "Traceback" not in res.stderr
