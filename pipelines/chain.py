@@ -133,21 +133,16 @@ def apply_stages(ds, recipe: Recipe, start: int, end: int, extra: dict[str, Any]
 
 
 def file_state(op: str, params: dict[str, Any]) -> list[tuple[str, int, int]]:
-    """(path, size, mtime_ns) of every local file a stage reads: those its parameters name
-    (pipelines.resume.FILE_PARAMS) and those it uses by default (pipelines.resume.default_file_params)."""
-    from pipelines.resume import FILE_PARAMS, default_file_params
+    """(path, size, mtime_ns) of every local file a stage reads: those its parameters name and those it uses
+    by default (:func:`pipelines.resume.named_files`; a cheap stat, where the resume fingerprint hashes)."""
+    from pipelines.resume import local_path, named_files
 
-    params = {**default_file_params(op), **{k: v for k, v in params.items() if v is not None}}
     out = []
-    for k in sorted(FILE_PARAMS & params.keys()):
-        values = params[k] if isinstance(params[k], list) else [params[k]]
-        for v in values:
-            if not isinstance(v, str):
-                continue
-            path = v if os.path.isfile(v) else v.partition("=")[0]  # an eval set may be given as PATH=DOMAIN
-            if os.path.isfile(path):
-                st = os.stat(path)
-                out.append((os.path.realpath(path), st.st_size, st.st_mtime_ns))
+    for _, value in named_files(op, params):
+        path = local_path(value)
+        if path is not None and os.path.isfile(path):
+            st = os.stat(path)
+            out.append((os.path.realpath(path), st.st_size, st.st_mtime_ns))
     return out
 
 

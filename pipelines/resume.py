@@ -88,9 +88,8 @@ class FileHashes:
                 return f"{dist}=={metadata.version(dist)}" if dist else value
             except metadata.PackageNotFoundError:
                 return value
-        if "://" not in value and not os.path.exists(value) and "=" in value:
-            value = value.partition("=")[0]  # an eval set given as PATH=DOMAIN
-        if "://" in value or not os.path.exists(value):
+        value = local_path(value)
+        if value is None:
             return None
         if os.path.isfile(value):
             return self.of(value)
@@ -121,23 +120,40 @@ def default_file_params(op: str) -> dict[str, Any]:
     return {**found, **cls.default_files()}
 
 
+def named_files(op: str, params: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(label, value)`` of every value of a stage's file-naming parameters (:data:`FILE_PARAMS`), the ones
+    it uses by default included: ``("model", "packaged:smollm2-135m")``, ``("eval_sets[1]", "qa.jsonl=web")``."""
+    params = {**default_file_params(op), **{k: v for k, v in params.items() if v is not None}}
+    out = []
+    for key in sorted(FILE_PARAMS & params.keys()):
+        value = params[key]
+        for i, v in enumerate(value if isinstance(value, list) else [value]):
+            if isinstance(v, str):
+                out.append((f"{key}[{i}]" if isinstance(value, list) else key, v))
+    return out
+
+
+def local_path(value: str) -> str | None:
+    """The local file or folder a file-naming parameter value names (an eval set may be given as
+    ``PATH=DOMAIN``); None for a URI, a ``packaged:`` model, a hub id or a missing path."""
+    if value.startswith("packaged:") or "://" in value:
+        return None
+    if os.path.exists(value):
+        return value
+    path = value.partition("=")[0]
+    return path if "=" in value and os.path.exists(path) else None
+
+
 def stage_files(recipe: Recipe, hashes: FileHashes) -> list[dict[str, str]]:
     """Per stage, ``{param: digest}`` of the local files its parameters name, or would use by default."""
     out = []
     for st in recipe.stages:
-        files: dict[str, str] = {}
         try:
             params = stage_params(st)
         except Exception:  # a recipe that validated always has params; be safe for the fingerprint
             params = dict(st.params)
-        params = {**default_file_params(st.op), **{k: v for k, v in params.items() if v is not None}}
-        for key, value in params.items():
-            if key not in FILE_PARAMS:
-                continue
-            for i, v in enumerate(value if isinstance(value, list) else [value]):
-                if isinstance(v, str) and (digest := hashes.spec(v)) is not None:
-                    files[f"{key}[{i}]" if isinstance(value, list) else key] = digest
-        out.append(files)
+        digests = ((label, hashes.spec(v)) for label, v in named_files(st.op, params))
+        out.append({label: d for label, d in digests if d is not None})
     return out
 
 

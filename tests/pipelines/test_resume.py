@@ -110,3 +110,27 @@ def test_a_stage_file_edited_in_place_is_read_again_by_long_lived_workers(tmp_pa
         kept.append(sorted(read_shards(str(tmp_path / "out" / "shards"), columns=["id"]).column("id").to_pylist()))
     assert "d1" not in kept[0] and "d4" in kept[0]
     assert "d4" not in kept[1] and "d1" in kept[1]
+
+
+def test_one_reading_of_file_parameters_serves_the_fingerprint_and_the_worker_cache(tmp_path):
+    """An eval set given as PATH=DOMAIN, a folder, a packaged model and a URI: which name local files."""
+    from pipelines.chain import file_state
+    from pipelines.resume import local_path, named_files
+
+    evals = write_jsonl(tmp_path / "qa.jsonl", [{"question": "q", "answer": "a"}])
+    params = {"eval_sets": [f"{evals}=web", str(tmp_path), "s3://bucket/qa.jsonl"]}
+    assert named_files("decontaminate", params) == [
+        ("eval_sets[0]", f"{evals}=web"),
+        ("eval_sets[1]", str(tmp_path)),
+        ("eval_sets[2]", "s3://bucket/qa.jsonl"),
+    ]
+    assert [local_path(v) for _, v in named_files("decontaminate", params)] == [str(evals), str(tmp_path), None]
+    assert local_path("packaged:smollm2-135m") is None and local_path("no-such=web") is None
+    assert [p for p, _, _ in file_state("decontaminate", params)] == [os.path.realpath(evals)]  # files only
+    digests = stage_files(
+        Recipe.model_validate(
+            {"inputs": [{"path": str(evals), "domain": "web"}], "stages": [{"op": "decontaminate", **params}]}
+        ),
+        FileHashes(str(tmp_path / "out")),
+    )
+    assert sorted(digests[0]) == ["eval_sets[0]", "eval_sets[1]"]
