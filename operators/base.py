@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import sys
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -268,18 +269,43 @@ def from_tables(ds: Any, parts: list[pa.Table]) -> Any:
     return ray.data.from_arrow(parts)
 
 
+class LocalRef:
+    """What :func:`share` hands over in process: the value, named by a token unique to this sharing.
+
+    Like a Ray object reference, its ``repr`` (part of the key under which a process caches the
+    operators built with it, :mod:`pipelines.chain`) names this one sharing, never the value's
+    content: a table's ``repr`` shows a few rows only, so two runs' dedup tables could look alike,
+    and a model's bytes would be copied into a string many times their size.
+    """
+
+    __slots__ = ("_token", "value")
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self._token = uuid.uuid4().hex
+
+    def hex(self) -> str:
+        return self._token
+
+    def __repr__(self) -> str:
+        return f"LocalRef({self._token})"
+
+
 def share(ds: Any, value: Any) -> Any:
     """``value`` for the passes over ``ds``: put in Ray's object store once (each worker process fetches it
-    once, :meth:`GlobalStage.shared`), or handed over as it is when ``ds`` runs in process."""
+    once, :meth:`GlobalStage.shared`), or wrapped in a :class:`LocalRef` when ``ds`` runs in process."""
     if in_process(ds):
-        return value
+        return LocalRef(value)
     import ray
 
     return ray.put(value)
 
 
 def fetch(value: Any) -> Any:
-    """The value :func:`share` handed over: fetched from Ray's object store if it is a reference."""
+    """The value :func:`share` handed over (fetched from Ray's object store for a reference); a plain value
+    as it is."""
+    if isinstance(value, LocalRef):
+        return value.value
     ray = sys.modules.get("ray")  # an object reference exists only where Ray is imported
     if ray is not None and isinstance(value, ray.ObjectRef):
         return ray.get(value)
@@ -324,11 +350,14 @@ class GlobalStage(Operator):
         """The value ``prepare`` shared as ``name``, passed through ``convert`` once.
 
         An object-store reference is fetched (and converted) once per worker process and kept
-        for the operators that Ray Data builds per task; a plain value once per operator.
+        for the operators that Ray Data builds per task; a plain value (or one shared in process, a
+        :class:`LocalRef`) once per operator.
         """
         if name not in self._shared_in:
             raise RuntimeError(f"stage {self.stage!r}: {self.op_name} applied without its prepare() pass")
         value = self._shared_in[name]
+        if isinstance(value, LocalRef):
+            value = value.value
         conv = getattr(convert, "__qualname__", "") if convert else ""
         ray = sys.modules.get("ray")  # an object reference exists only where Ray is imported
         if ray is not None and isinstance(value, ray.ObjectRef):

@@ -48,6 +48,14 @@ def _chain(key: str, specs: list[tuple[str, str, dict]], models: bool = False) -
     return ops
 
 
+def forget_chains(keep_models: bool = False) -> None:
+    """Drop the operators this process built (all, or all but the newest model chain)."""
+    for key in list(_CHAINS):
+        if not (keep_models and key in _MODEL_CHAINS):
+            _CHAINS.pop(key)
+            _MODEL_CHAINS.discard(key)
+
+
 def run_chain(batch: pa.Table, *, key: str, specs: list, stats=None) -> pa.Table:
     """Apply consecutive row-wise operators to one batch, timing each and reporting to ``stats``.
 

@@ -58,7 +58,8 @@ def curate(
         None,
         "--engine",
         help="ray, local (in this process, no Ray) or auto (the default, or $SLUICE_ENGINE): in process when the "
-        "inputs take at most 512 MB / CPUs (256 MB on 2 CPUs) and no Ray cluster is named ($RAY_ADDRESS) or "
+        "inputs take at most 512 MB / CPUs (256 MB on 2 CPUs; compressed files count 4x) and no Ray cluster is "
+        "named ($RAY_ADDRESS) or "
         "left running by `ray start`.",
     ),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Log more."),
@@ -77,7 +78,7 @@ def curate(
     try:
         requested_engine(engine)
     except ValueError as e:
-        err.print(f"[red]invalid option[/red] --engine: {e}", highlight=False)
+        err.print(f"[red]invalid option[/red] {e}", highlight=False)
         raise typer.Exit(2) from None
     try:
         r = load_recipe(recipe)

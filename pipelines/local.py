@@ -12,9 +12,15 @@ whole-dataset steps use (``map_batches``, ``repartition``, ``groupby(...).map_gr
 ``n`` (the last one shorter), ``map_groups`` gets all the rows of one key, keys in sorted order.
 
 Model stages run in this process too: torch uses this machine's CPUs (or its GPU, where the operator
-finds one). Decisions and kept rows equal a Ray run's (tests/pipelines/test_local.py runs the
-recipes both ways); shard files may be cut at other row counts, because Ray hands each write task
-its own share of the rows.
+finds one). Decisions, kept rows and their order equal a Ray run's (tests/pipelines/test_local.py runs
+recipes both ways); shard files may be cut at other row counts, because Ray hands each write task its
+own share of the rows, and a model stage's batches of ``batch_size`` rows may be cut differently (Ray
+forms them within bundles of blocks), which can move its scores in the last digits.
+
+What a whole-dataset step shares with the row-wise pass goes through :func:`operators.base.share`, which
+wraps it in a :class:`~operators.base.LocalRef` here: operators are cached per process by a key that
+includes what they were given, and a run's tables must never be mistaken for another run's. After a
+run, :meth:`LocalEngine.finish` drops the operators it built but the newest model chain.
 """
 
 from __future__ import annotations
@@ -78,9 +84,19 @@ class LocalDataset:
         return LocalDataset([b for d in (self, *others) for b in d.blocks])
 
     def repartition(
-        self, num_blocks: int | None = None, target_num_rows_per_block: int | None = None, **_: Any
+        self,
+        num_blocks: int | None = None,
+        target_num_rows_per_block: int | None = None,
+        *,
+        strict: bool = False,
+        shuffle: bool = False,
+        keys: list[str] | None = None,
+        sort: bool = False,
     ) -> LocalDataset:
-        """Blocks of at most ``target_num_rows_per_block`` rows (or ``num_blocks`` even blocks), rows in order."""
+        """Blocks of at most ``target_num_rows_per_block`` rows (or ``num_blocks`` even blocks), rows in order
+        (``strict`` or not: every block but the last is full)."""
+        if shuffle or keys or sort:
+            raise ValueError("in-process runs repartition by row count only (no shuffle, keys or sort)")
         rows = self.count()
         if target_num_rows_per_block is None:
             target_num_rows_per_block = max(1, -(-rows // max(1, num_blocks or 1)))
@@ -118,11 +134,13 @@ class _Groups:
         if not parts:
             return LocalDataset([])
         table = pa.concat_tables(parts, promote_options="permissive")
-        table = table.take(pc.sort_indices(table, [(self.key, "ascending")]))
+        table = table.take(pc.sort_indices(table, [(self.key, "ascending")]))  # nulls last, one group
         keys = table.column(self.key)
-        # run boundaries of the sorted key column
-        change = pc.not_equal(keys.slice(1), keys.slice(0, len(keys) - 1)).to_numpy(zero_copy_only=False)
-        starts = [0, *(i + 1 for i in change.nonzero()[0].tolist())]
+        # run boundaries of the sorted key column: a value differs from the previous one (null counts as a value)
+        a, b = keys.slice(1), keys.slice(0, len(keys) - 1)
+        same_null = pc.and_(pc.is_null(a), pc.is_null(b))
+        change = pc.if_else(same_null, False, pc.fill_null(pc.not_equal(a, b), True))
+        starts = [0, *(i + 1 for i in change.to_numpy(zero_copy_only=False).nonzero()[0].tolist())]
         ends = [*starts[1:], table.num_rows]
         return LocalDataset([fn(table.slice(a, b - a)) for a, b in zip(starts, ends)])
 
@@ -133,9 +151,10 @@ def _check_format(batch_format: str) -> None:
 
 
 def _batches(blocks: list[pa.Table], size: int | None) -> Iterator[pa.Table]:
-    """Each block (``size`` None), or the blocks' rows regrouped into tables of ``size`` rows."""
+    """Each non-empty block (``size`` None), or the blocks' rows regrouped into tables of ``size`` rows; like
+    Ray Data's batcher, an empty block is never handed over."""
     if size is None:
-        yield from blocks
+        yield from (b for b in blocks if b.num_rows)
         return
     pending: list[pa.Table] = []
     held = 0
@@ -165,8 +184,9 @@ class LocalEngine:
         blocks = []
         for path in RunDir(ckdir).parquet(sub):
             fs, p = resolve(path)
-            pf = pq.ParquetFile(fs.open_input_file(p))
-            blocks += [pf.read_row_group(rg) for rg in range(pf.num_row_groups)]
+            with fs.open_input_file(p) as f:
+                pf = pq.ParquetFile(f)
+                blocks += [pf.read_row_group(rg) for rg in range(pf.num_row_groups)]
         return LocalDataset(blocks)
 
     def write(self, ds: LocalDataset, sink: Any) -> None:
@@ -175,13 +195,34 @@ class LocalEngine:
     def lost_workers(self) -> set[str] | None:
         return set()  # one process: a crash ends the run
 
+    def finish(self) -> None:
+        """After a run: drop the operators built for it (those of whole-dataset stages hold its tables); the
+        newest model chain stays loaded for the next run in this process."""
+        from pipelines.chain import forget_chains
+
+        forget_chains(keep_models=True)
+
 
 def requested_engine(requested: str | None) -> str:
     """The engine asked for: ``requested`` (``--engine``), else ``SLUICE_ENGINE``, else ``auto``; checked."""
     asked = requested or os.environ.get("SLUICE_ENGINE") or "auto"
     if asked not in ENGINES:
-        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {asked!r}")
+        where = "--engine" if requested else "SLUICE_ENGINE"
+        raise ValueError(f"{where}: engine must be one of {', '.join(ENGINES)}, got {asked!r}")
     return asked
+
+
+#: file endings whose bytes grow several times in memory (compressed text, Parquet): counted 4 times
+COMPRESSED = (".gz", ".zst", ".zstd", ".bz2", ".xz", ".parquet")
+EXPANSION = 4
+
+
+def input_bytes(inputs: dict[str, list]) -> int:
+    """The inputs' size for choosing an engine (``{path: [size, mtime]}``, unknown sizes as 0): compressed
+    files count :data:`EXPANSION` times their size, since an in-process run holds a segment's rows in memory."""
+    return sum(
+        (size or 0) * (EXPANSION if path.lower().endswith(COMPRESSED) else 1) for path, (size, _) in inputs.items()
+    )
 
 
 def choose_engine(requested: str | None, input_bytes: int) -> str:

@@ -127,7 +127,7 @@ def _start_ray() -> int:
 
 def _run(recipe: Recipe, rd: RunDir, out_dir: str, recipe_text: str, engine: str | None) -> dict:
     from pipelines.cluster import describe_cluster, describe_local
-    from pipelines.local import LocalEngine, choose_engine
+    from pipelines.local import LocalEngine, choose_engine, input_bytes
     from pipelines.readers import InputDatasource
     from pipelines.segments import RayEngine
 
@@ -137,7 +137,7 @@ def _run(recipe: Recipe, rd: RunDir, out_dir: str, recipe_text: str, engine: str
     hashes = FileHashes(out_dir)
     files = stage_files(recipe, hashes)
     hashes.save()
-    chosen = choose_engine(engine, sum(size or 0 for size, _ in inputs.values()))
+    chosen = choose_engine(engine, input_bytes(inputs))
     logger.info("engine: %s", "in this process (no Ray)" if chosen == "local" else "Ray")
     if chosen == "local":
         executor, gpus = LocalEngine(), 0  # in process, model operators find a GPU themselves
@@ -212,6 +212,7 @@ def _run_segments(
                 rd.delete(f"{root}/{STAGES}/{later.index:02d}-{later.name}")
     finally:
         run_stats.stop(stats)
+        engine.finish()
     return records
 
 

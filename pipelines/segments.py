@@ -178,6 +178,9 @@ class RayEngine:
 
         return lost_workers()
 
+    def finish(self) -> None:
+        """After a run: nothing to release here (Ray's actors end with their datasets)."""
+
 
 def _rows_per_write(target_bytes: int, records: list[SegmentRecord]) -> int:
     """Rows that fill about one target-size file, from the previous checkpoint's bytes per row."""

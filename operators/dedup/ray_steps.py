@@ -216,10 +216,8 @@ _BROADCAST: dict[str, Any] = {}
 
 
 def _broadcast(ref) -> Any:
-    """``ray.get`` once per worker process for the current prepare() (a value :func:`share` handed over in
-    process is used as it is)."""
-    if not hasattr(ref, "hex"):
-        return ref
+    """What :func:`share` handed over (a Ray object reference or a ``LocalRef``), fetched once per process
+    for the current prepare()."""
     key = ref.hex()
     if key not in _BROADCAST:
         _BROADCAST.clear()

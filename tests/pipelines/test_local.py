@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from pipelines.demo_data import build
-from pipelines.local import LocalDataset, choose_engine, local_max_bytes
+from pipelines.local import LocalDataset, choose_engine, input_bytes, local_max_bytes
 from pipelines.recipe import parse_recipe
 from pipelines.runner import run
 from storage.shards import read_shards
@@ -33,7 +33,7 @@ def _blocks(*sizes: int) -> list[pa.Table]:
 
 def test_batches_are_blocks_or_regrouped_rows_like_ray_data():
     ds = LocalDataset(_blocks(5, 0, 7))
-    assert [b.num_rows for b in ds.iter_batches()] == [5, 0, 7]
+    assert [b.num_rows for b in ds.iter_batches()] == [5, 7]  # an empty block is never handed over
     seen = []
     out = ds.map_batches(
         lambda b, add: b.set_column(1, "v", pa.array([x + add for x in b["v"].to_pylist()])),
@@ -59,6 +59,8 @@ def test_batches_are_blocks_or_regrouped_rows_like_ray_data():
     assert [b.num_rows for b in ds.repartition(target_num_rows_per_block=3).blocks] == [3, 3, 3, 3]
     with pytest.raises(ValueError, match="pyarrow"):
         ds.map_batches(lambda b: b, batch_format="pandas")
+    with pytest.raises(ValueError, match="by row count only"):
+        ds.repartition(4, shuffle=True)
 
 
 def test_map_groups_gets_each_key_whole_in_key_order():
@@ -70,6 +72,16 @@ def test_map_groups_gets_each_key_whole_in_key_order():
     rows = [r for b in groups.blocks for r in b.to_pylist()]
     assert rows == [{"k": 0, "vs": [0, 3, 6]}, {"k": 1, "vs": [1, 4, 7]}, {"k": 2, "vs": [2, 5, 8]}]
     assert LocalDataset([]).groupby("k").map_groups(lambda g: g).blocks == []
+    nulls = (
+        LocalDataset([pa.table({"k": [1, None, 2, 2, None]})])
+        .groupby("k")
+        .map_groups(lambda g: pa.table({"n": [g.num_rows], "k": [g["k"][0].as_py()]}))
+    )
+    assert [r for b in nulls.blocks for r in b.to_pylist()] == [{"n": 1, "k": 1}, {"n": 2, "k": 2}, {"n": 2, "k": None}]
+
+
+def test_compressed_inputs_count_as_what_they_become_in_memory():
+    assert input_bytes({"a.jsonl": [100, 1], "b.jsonl.gz": [100, 1], "c.parquet": [10, 1], "d": [None, None]}) == 540
 
 
 def test_choose_engine(monkeypatch):
@@ -102,11 +114,12 @@ def test_choose_engine(monkeypatch):
 
 # ---------------------------------------------------------------- the same decisions as a Ray run
 def _outputs(out: Path) -> tuple[list, list, list]:
-    """Kept and removed rows (sorted by id, columns by name) and each stage's counts and report, timings left out."""
+    """Kept and removed rows (in written order, columns by name) and each stage's counts and report, timings
+    left out."""
 
-    def rows(sub: str) -> list:
-        t = read_shards(str(out / sub))
-        return sorted((dict(sorted(r.items())) for r in t.to_pylist()), key=lambda r: (r["id"], r.get("stage") or ""))
+    def rows(sub: str) -> list:  # in written order: partition by partition, file by file
+        files = sorted((out / sub).glob("*/*.parquet"))
+        return [dict(sorted(r.items())) for f in files for r in read_shards(str(f)).to_pylist()]
 
     m = json.loads((out / "manifest.json").read_text())
     stages = []
@@ -220,7 +233,7 @@ def test_the_command_runs_small_inputs_in_process_unless_told(tmp_path):
     assert m["cluster"]["engine"] == "local" and m["conservation"]["kept"] == 3
     assert "engine: in this process (no Ray)" in res.stderr
     bad = _cli("curate", "r.yaml", "--engine", "spark", cwd=tmp_path)
-    assert bad.returncode == 2 and "engine must be one of auto, local, ray, got 'spark'" in bad.stderr
+    assert bad.returncode == 2 and "--engine: engine must be one of auto, local, ray, got 'spark'" in bad.stderr
 
 
 @pytest.mark.parametrize("engine", ["local", "ray"])
@@ -235,3 +248,35 @@ def test_a_stage_that_does_not_fit_the_data_is_one_clear_message(tmp_path, engin
     assert res.returncode == 2, res.stderr
     assert "the data does not fit the recipe: url_filter: the data has no 'url' column" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_runs_in_one_process_never_reuse_each_others_whole_dataset_decisions(tmp_path):
+    """Chains are cached per process: a second in-process run must dedup with its own table, not the first's.
+    The two runs' tables differ in one middle row only (30 groups: a table's repr shows a few rows)."""
+    from pipelines import chain
+
+    for name, tail in (("first", ""), ("second", " Changed.")):
+        docs = [{"id": f"d{i:02d}", "text": prose(i) + (tail if i == 15 else "")} for i in range(60)]
+        docs += [{"id": f"x{i:02d}", "text": prose(i) + (tail if i == 15 else "")} for i in range(30)]
+        write_jsonl(tmp_path / name / "in.jsonl", docs)
+        text = f"""inputs: [{{path: "{tmp_path}/{name}/in.jsonl", domain: web, id_field: id}}]
+stages: [{{op: exact_dedup}}]
+output: {{dir: "{tmp_path}/{name}/out"}}
+"""
+        run(parse_recipe(text), recipe_text=text, engine="local")
+        assert not [k for k in chain._CHAINS if k not in chain._MODEL_CHAINS]  # released after the run
+        removed = read_shards(str(tmp_path / name / "out" / "removed")).to_pylist()
+        assert {r["id"]: r["dup_of"] for r in removed} == {f"x{i:02d}": f"d{i:02d}" for i in range(30)}
+
+
+def test_empty_and_all_removed_inputs_in_process(tmp_path):
+    write_jsonl(tmp_path / "empty.jsonl", [])
+    write_jsonl(tmp_path / "short.jsonl", [{"id": f"s{i}", "text": "too short"} for i in range(3)])
+    for name in ("empty", "short"):
+        text = f"""inputs: [{{path: "{tmp_path}/{name}.jsonl", domain: web, id_field: id}}]
+stages: [{{op: gopher_quality}}, {{op: minhash_dedup}}, {{op: exact_dedup}}]
+output: {{dir: "{tmp_path}/{name}-out"}}
+"""
+        m = run(parse_recipe(text), recipe_text=text, engine="local")
+        assert m["conservation"]["ok"] and m["conservation"]["kept"] == 0
+        assert m["conservation"]["read"] == (0 if name == "empty" else 3)
