@@ -202,6 +202,43 @@ output: {{dir: "OUT", shard_mb: 0.002}}
     assert m["stages"][1]["removed"] == {"betr_below_cutoff": m["stages"][1]["rows_in"] - m["stages"][1]["rows_out"]}
 
 
+@pytest.mark.usefixtures("ray_session")
+def test_warc_text_and_parquet_inputs_in_process_equal_ray(tmp_path):
+    import pyarrow.parquet as pq
+
+    from tests.pipelines.test_warc import write_warc
+
+    for d in ("crawl", "notes"):
+        (tmp_path / d).mkdir()
+    write_warc(tmp_path / "crawl" / "a.warc.gz")
+    for i in range(3):
+        (tmp_path / "notes" / f"n{i}.txt").write_text(prose(i % 2))
+    pq.write_table(
+        pa.table(
+            {
+                "id": [f"p{i}" for i in range(4)],
+                "text": [prose(i % 2) for i in range(4)],
+                "year": [2020, 2021, 2022, None],
+            }
+        ),
+        tmp_path / "t.parquet",
+    )
+    text = f"""inputs:
+  - {{path: "{tmp_path}/crawl/*.warc.gz", format: warc, domain: web}}
+  - {{path: "{tmp_path}/notes/", format: text, domain: notes}}
+  - {{path: "{tmp_path}/t.parquet", domain: tables, id_field: id}}
+stages:
+  - {{op: extract, domains: [web]}}
+  - {{op: language_id, languages: [en, fr, de]}}
+  - {{op: exact_dedup}}
+output: {{dir: "OUT", shard_mb: 0.002}}
+"""
+    m = _both(text, tmp_path)
+    assert (m["conservation"]["read"], m["conservation"]["kept"]) == (19, 8)
+    assert m["stages"][0]["removed"]["input_not_response"] == 3  # the WARC's records told apart in process too
+    assert m["stages"][-1]["removed"] == {"exact_duplicate": 5}  # across text files and Parquet rows
+
+
 # ---------------------------------------------------------------- resume, and the command line
 @pytest.mark.usefixtures("ray_session")
 def test_a_run_resumes_across_engines(tmp_path):

@@ -401,7 +401,8 @@ def test_openai_backend_against_transformers_serve_matches_local_generation(loca
 
 
 # ------------------------------------------------------------------ closed loop in a run
-def test_closed_loop_run_scores_and_dedups_synthetic_rows_and_conserves(tmp_path, ray_session):
+@pytest.mark.parametrize("engine", ["ray", "local"])
+def test_closed_loop_run_scores_and_dedups_synthetic_rows_and_conserves(tmp_path, ray_session, engine):
     rewrite = "A watermill uses the flow of a river to turn a wheel that grinds grain into flour for bread."
 
     def server_side(body, attempt):
@@ -433,7 +434,8 @@ stages:
 output: {{dir: "{tmp_path}/out", shard_mb: 1}}
 """
         )
-        m = run(recipe)
+        m = run(recipe, engine=engine)  # in process too: an operator that adds rows
+    assert m["cluster"]["engine"] == engine
     c = m["conservation"]
     assert c["ok"] and (c["read"], c["synthetic"], c["kept"], c["removed"]) == (4, 4, 5, 3)
     stage = {s["stage"]: s for s in m["stages"]}
