@@ -75,7 +75,7 @@ def curate(
     cmd = [sys.executable, "-m", "pipelines.cli", "curate", str(recipe), "-o", str(out)]
     cmd += ["--engine", engine] if engine else []  # a checkout from before engines existed always used Ray
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=checkout or Path(__file__).resolve().parents[1])
+    subprocess.run(cmd, check=True, cwd=checkout or Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
     manifest = json.loads((out / "manifest.json").read_text())
     stage = next(s for s in manifest["stages"] if s["op"] == "perplexity")
@@ -86,6 +86,7 @@ def curate(
         "rows": stage["rows_in"],
         "checkout": str(checkout) if checkout else "this one",
         "engine": manifest["cluster"].get("engine", "ray"),
+        "cluster": manifest["cluster"],
     }
 
 

@@ -6,6 +6,10 @@ Sections (each records its figures with device, dtype, sizes and seconds):
 - ``torch``: torch and CUDA versions, devices, bf16 support, CPU count and torch threads;
 - ``perplexity``: the ``perplexity`` operator's tokens/s against the bare forward pass on the same
   sequences (``benchmarks.bench_scoring.bench_perplexity_throughput``), bf16 on a GPU;
+- ``curate``: ``sluice curate`` of a one-stage ``perplexity`` recipe on the same documents, with
+  ``--engine ray`` (the model in a Ray actor with ``num_gpus=1``) and ``--engine local`` (in process):
+  tokens/s over the segment and over the whole command, against the bare forward pass (in this
+  process; ``benchmarks.bench_model_stage``), and the cluster each run recorded;
 - ``embedding``: sentence-transformers docs/s as ``betr`` and ``quality_classifier`` embed
   (``operators.classifier.embed``; on a GPU also with the encoder cast to bf16);
 - ``rephrase_transformers`` / ``rephrase_vllm``: generated tokens/s of the ``rephrase`` backends on
@@ -58,7 +62,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 LM = "packaged:smollm2-135m"
 ENCODER = "packaged:minilm-l6-v2"
-SECTIONS = ("nvidia_smi", "torch", "perplexity", "embedding", "rephrase_transformers", "rephrase_vllm", "trainer")
+SECTIONS = (
+    "nvidia_smi", "torch", "perplexity", "curate", "embedding", "rephrase_transformers", "rephrase_vllm", "trainer"
+)  # fmt: skip
 VLLM_ENGINE = {"gpu_memory_utilization": 0.5, "max_model_len": 2048}
 VLLM_TIMEOUT_S = 360
 
@@ -199,6 +205,29 @@ def perplexity(s: Sizes) -> dict[str, Any]:
         "bare_forward_tokens_per_s": tps["bare_sorted"],
         **res,
     }
+
+
+def curate(s: Sizes) -> dict[str, Any]:
+    """The perplexity stage through ``sluice curate`` on each engine, against the bare forward pass here."""
+    from benchmarks.bench_model_stage import bare
+    from benchmarks.bench_model_stage import curate as run_curate
+
+    texts = _docs(_text_pool(s.ppl_chars), s.ppl_docs)
+    ref = bare(texts, s.ppl_max_tokens, s.ppl_batch, 1)
+    tokens, bare_tps = ref["tokens"], ref["tokens_per_s_best"]["bare_sorted"]
+    out: dict[str, Any] = {"docs": len(texts), "tokens": tokens, "bare_forward_tokens_per_s": bare_tps}
+    for engine in ("ray", "local"):
+        with tempfile.TemporaryDirectory() as tmp:
+            run = run_curate(texts, s.ppl_max_tokens, s.ppl_batch, Path(tmp), None, engine)
+        seg, cmd = tokens / run["segment_seconds"], tokens / run["command_seconds"]
+        out[engine] = {
+            **run,
+            "segment_tokens_per_s": round(seg, 1),
+            "command_tokens_per_s": round(cmd, 1),
+            "segment_vs_bare": round(seg / bare_tps, 3),
+            "command_vs_bare": round(cmd / bare_tps, 3),
+        }
+    return out
 
 
 def embedding(s: Sizes) -> dict[str, Any]:
@@ -376,6 +405,10 @@ def summary(name: str, r: dict[str, Any]) -> str:
         return f"{name}: ERROR {r['error'][:300]}"
     figures = {
         "perplexity": lambda: f"{r['tokens_per_s']:,} tokens/s vs bare forward {r['bare_forward_tokens_per_s']:,}",
+        "curate": lambda: ", ".join(
+            f"{e} {r[e]['segment_tokens_per_s']:,} tokens/s ({r[e]['segment_vs_bare']:.0%} of bare)"
+            for e in ("ray", "local")
+        ),
         "embedding": lambda: f"{r['docs_per_s']:,} docs/s",
         "rephrase_transformers": lambda: f"{r['tokens_per_s']:,} generated tokens/s",
         "rephrase_vllm": lambda: f"{r['tokens_per_s']:,} generated tokens/s",
@@ -423,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         "nvidia_smi": nvidia_smi,
         "torch": torch_facts,
         "perplexity": perplexity,
+        "curate": curate,
         "embedding": embedding,
         "rephrase_transformers": rephrase_transformers,
         "rephrase_vllm": rephrase_vllm if only == ["rephrase_vllm"] else lambda s: vllm_child(s, mode),

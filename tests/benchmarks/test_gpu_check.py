@@ -35,6 +35,13 @@ def test_the_cpu_check_measures_every_section_and_writes_one_json(tmp_path):
     assert ppl["tokens"] > ppl["docs"] and ppl["tokens_per_s"] > 0 and ppl["bare_forward_tokens_per_s"] > 0
     assert ppl["tokens_per_s"] == ppl["tokens_per_s_best"]["scorer"] and ppl["seconds"]["bare_sorted"]
 
+    cur = s["curate"]
+    assert cur["docs"] == sizes["ppl_docs"] and cur["tokens"] > cur["docs"] and cur["bare_forward_tokens_per_s"] > 0
+    for engine in ("ray", "local"):  # the stage through `sluice curate` on each engine, on CPU here
+        run = cur[engine]
+        assert run["engine"] == engine and run["cluster"]["gpus"] == 0 and run["rows"] == sizes["ppl_docs"]
+        assert 0 < run["segment_seconds"] <= run["command_seconds"] and run["segment_tokens_per_s"] > 0
+
     emb = s["embedding"]
     assert (emb["device"], emb["dtype"], emb["docs"]) == ("cpu", "float32", sizes["embed_docs"])
     assert emb["docs_per_s"] > 0 and "bf16" not in emb  # the bf16 comparison is a GPU measurement
