@@ -119,7 +119,10 @@ def overview(manifest: dict, out_dir: str) -> Section:
         body.append(table(["file", "reason", "records read", "error"], rows))
     cluster = manifest.get("cluster")
     if cluster:
-        body.append(table(["Ray nodes", "CPUs", "GPUs"], [[cluster.get(k) for k in ("nodes", "cpus", "gpus")]]))
+        engine = {"local": "in process (no Ray)", "ray": "Ray"}.get(cluster.get("engine", "ray"), cluster.get("engine"))
+        body.append(
+            table(["engine", "nodes", "CPUs", "GPUs"], [[engine, *(cluster.get(k) for k in ("nodes", "cpus", "gpus"))]])
+        )
     segs = manifest.get("segments", [])
     if segs:
         body.append("<h3>Segments (one streaming Ray Data plan each)</h3>")

@@ -269,6 +269,8 @@ def test_the_command_runs_small_inputs_in_process_unless_told(tmp_path):
     m = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert m["cluster"]["engine"] == "local" and m["conservation"]["kept"] == 3
     assert "engine: in this process (no Ray)" in res.stderr
+    assert _cli("report", "out", cwd=tmp_path).returncode == 0
+    assert "<td>in process (no Ray)</td>" in (tmp_path / "out" / "report.html").read_text()  # the report says so
     bad = _cli("curate", "r.yaml", "--engine", "spark", cwd=tmp_path)
     assert bad.returncode == 2 and "--engine: engine must be one of auto, local, ray, got 'spark'" in bad.stderr
 
