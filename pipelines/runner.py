@@ -166,6 +166,7 @@ def _run_segments(
     segments = plan_segments(recipe)
     records: list[SegmentRecord] = []
     stats = None  # the run's statistics (under Ray an actor), started when a segment first runs
+    finished = False
     try:
         for seg in segments:
             last = seg is segments[-1]
@@ -210,8 +211,9 @@ def _run_segments(
             # later segments depend on this one: drop their stale checkpoints
             for later in segments[seg.index + 1 :]:
                 rd.delete(f"{root}/{STAGES}/{later.index:02d}-{later.name}")
+        finished = True
     finally:
-        run_stats.stop(stats)
+        run_stats.stop(stats, reuse=finished)
         engine.finish()
     return records
 

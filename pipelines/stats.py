@@ -7,9 +7,12 @@ through :func:`report`, which serves both.
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections import defaultdict
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 #: the node an in-process run reports (it has no Ray node id)
 LOCAL_NODE = "local"
@@ -23,12 +26,28 @@ def node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
+#: (Ray job id, actor) of a statistics actor a finished run left for the next run of this driver
+_IDLE: list[tuple[str, Any]] = []
+
+
 def start(in_process: bool) -> Any:
-    """The run's statistics: a plain object in process, else an actor (it costs a worker process)."""
+    """The run's statistics: a plain object in process, else an actor. An actor costs a worker process
+    (~1 CPU-second to start), so a finished run leaves its actor to the next run of the same Ray session
+    in this process (runs in one process follow one another; one left at most, reset before use)."""
     if in_process:
         return RunStats()
     import ray
 
+    job = ray.get_runtime_context().get_job_id()
+    while _IDLE:
+        owner, actor = _IDLE.pop()
+        if owner != job:
+            continue  # an earlier Ray session's: gone with it
+        try:
+            ray.get(actor.reset.remote(), timeout=30)
+            return actor
+        except Exception as e:  # killed meanwhile: start another
+            logger.debug("statistics actor not reusable: %s", e)
     return ray.remote(num_cpus=0)(RunStats).remote()
 
 
@@ -41,12 +60,17 @@ def report(stats: Any, method: str, *args: Any) -> Any:
     return ray.get(getattr(stats, method).remote(*args))
 
 
-def stop(stats: Any) -> None:
-    """End the statistics actor (nothing to do in process)."""
-    if stats is not None and not isinstance(stats, RunStats):
-        import ray
+def stop(stats: Any, reuse: bool = True) -> None:
+    """A run is over: leave its statistics actor for the next run, or end it (one is left already, or the run
+    failed: a task of it may still be running and would report into the next run's statistics)."""
+    if stats is None or isinstance(stats, RunStats):
+        return
+    import ray
 
+    if _IDLE or not reuse:
         ray.kill(stats)
+    else:
+        _IDLE.append((ray.get_runtime_context().get_job_id(), stats))
 
 
 class RunStats:

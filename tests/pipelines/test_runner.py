@@ -150,3 +150,22 @@ def test_conservation_under_junk_input(tmp_path_factory, lines):
     assert c["ok"] and c["read"] == sum(1 for ln in lines if ln.strip())
     files = list((root / "out").rglob("*.parquet"))
     assert sum(pq.read_metadata(f).num_rows for f in files if "_stages" not in str(f)) == c["read"]
+
+
+def test_runs_in_one_session_share_a_statistics_actor_but_never_after_a_failure(tmp_path):
+    """An actor costs a worker process: a finished run leaves it to the next, which resets it; a failed run's
+    actor is ended (a task of it may still report)."""
+    from pipelines import stats
+
+    _corpus(tmp_path / "one")
+    _corpus(tmp_path / "two")
+    first = run(_recipe(tmp_path / "one", "  - {op: exact_dedup}"))
+    (_, left), *_ = stats._IDLE
+    second = run(_recipe(tmp_path / "two", "  - {op: exact_dedup}"))
+    assert stats._IDLE[0][1] == left  # the same actor served the second run, counting only its own files
+    assert second["conservation"] == first["conservation"] and second["conservation"]["ok"]
+    (record,) = (tmp_path / "two" / "out" / "_stages").glob("00-*/_SUCCESS")
+    assert sorted(json.loads(record.read_text())["read"]) == sorted(str(f) for f in (tmp_path / "two" / "in").glob("*"))
+    with pytest.raises(Exception, match="injected fault"):
+        run(_recipe(tmp_path / "one", "  - {op: inject_fault, on_error: fail}", out="c"))
+    assert stats._IDLE == []
