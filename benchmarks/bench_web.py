@@ -26,7 +26,7 @@ Pipelines, each run as its own process tree, one after the other, on the same co
 Measured per run: wall seconds from process start to exit (interpreter start, imports and Ray start
 included), CPU seconds (user + system) of the process and every process it starts — Ray's GCS, raylet and
 workers; datatrove's pool workers and extractor sandboxes — polled every 0.2 s from /proc through psutil
-(:class:`benchmarks.bench_minhash.TreeCpu`; a process loses at most its last 0.2 s), documents in (HTML
+(:class:`benchmarks.measure.TreeCpu`; a process loses at most its last 0.2 s), documents in (HTML
 responses read) and kept (tokenized). docs/s per core = docs in / (wall × cores); docs per CPU-second =
 docs in / CPU seconds. Stage by stage kept counts come from Sluice's manifest and datatrove's stats.json.
 ``--calibrate N`` also times the extractors alone on N of the pages, in one process each
@@ -52,7 +52,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks.bench_minhash import run_measured, run_script
+from benchmarks.measure import run_measured, run_script
 from benchmarks.web_crawl import build_crawl
 
 RESULTS = Path(__file__).resolve().parent / "results"
