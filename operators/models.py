@@ -184,6 +184,95 @@ def load_tokenizer(spec: str):
     return AutoTokenizer.from_pretrained(resolve(spec))
 
 
+#: files of a tokenizer folder whose content the ids depend on (what transformers reads to build it)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+
+
+class TokenIds:
+    """A tokenizer reduced to what tokenizing for training needs: token ids without special tokens, and EOS.
+
+    Built from transformers' tokenizer, it encodes with that tokenizer's Rust backend (``tokenizers``) as
+    transformers' own call does (no special tokens added, no truncation or padding, special-token strings
+    in the text as transformers treats them), so the ids are transformers' ids. A tokenizer without a
+    Rust backend is called through transformers.
+    """
+
+    def __init__(self, backend: Any = None, eos_token_id: int | None = None, hf: Any = None) -> None:
+        self.backend, self.eos_token_id, self.hf = backend, eos_token_id, hf
+
+    @classmethod
+    def of(cls, tok: Any) -> TokenIds:
+        """From a transformers tokenizer: its backend copied and set up the way its call sets it up."""
+        backend = getattr(tok, "backend_tokenizer", None)
+        if backend is None:
+            return cls(eos_token_id=tok.eos_token_id, hf=tok)
+        from tokenizers import Tokenizer
+
+        copy = Tokenizer.from_str(backend.to_str())
+        copy.no_truncation()
+        copy.no_padding()
+        copy.encode_special_tokens = bool(getattr(tok, "split_special_tokens", False))
+        return cls(copy, tok.eos_token_id)
+
+    def ids(self, texts: list[str]) -> list[list[int]]:
+        if self.backend is None:
+            return self.hf(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+
+    def to_json(self) -> str:
+        import json
+
+        body = {"backend": self.backend.to_str(), "eos_token_id": self.eos_token_id}
+        return json.dumps({**body, "encode_special_tokens": self.backend.encode_special_tokens})
+
+    @classmethod
+    def from_json(cls, text: str) -> TokenIds:
+        import json
+
+        from tokenizers import Tokenizer
+
+        body = json.loads(text)
+        backend = Tokenizer.from_str(body["backend"])
+        backend.encode_special_tokens = body["encode_special_tokens"]
+        return cls(backend, body["eos_token_id"])
+
+
+def token_ids_dir() -> Path:
+    """Where :func:`load_token_ids` keeps tokenizer backends."""
+    return cache_dir() / "tokenizers"
+
+
+def load_token_ids(spec: str) -> TokenIds:
+    """:class:`TokenIds` of ``spec``'s tokenizer. For a local folder (a ``packaged:`` model, a path) the
+    backend transformers builds is kept in the cache (``tokenizers/<key>.json``, the key hashing the folder's
+    :data:`TOKENIZER_FILES` and the transformers and tokenizers versions), so later loads need neither
+    transformers' import nor its set-up (~2.5 s on a busy CPU); a hub id always goes through transformers."""
+    import hashlib
+    from importlib import metadata
+
+    path = Path(resolve(spec))
+    if not path.is_dir():
+        return TokenIds.of(load_tokenizer(spec))
+    h = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        f = path / name
+        h.update(f"{name}\0".encode() + (f.read_bytes() if f.is_file() else b"-") + b"\0")
+    for dist in ("transformers", "tokenizers"):
+        h.update(f"{dist}=={metadata.version(dist)}\0".encode())
+    cached = token_ids_dir() / f"{h.hexdigest()[:32]}.json"
+    if cached.is_file():
+        try:
+            return TokenIds.from_json(cached.read_text(encoding="utf-8"))
+        except Exception as e:  # a damaged cache entry: build it again
+            logger.warning("tokenizer cache %s unreadable (%s); rebuilding it", cached, e)
+    ids = TokenIds.of(load_tokenizer(spec))
+    if ids.backend is not None:
+        from storage.run import write_text_atomic
+
+        write_text_atomic(cached, ids.to_json())
+    return ids
+
+
 def load_causal_lm(spec: str):
     """(model, tokenizer) in eval mode: bf16 (or float16, :func:`gpu_dtype`) on a GPU, float32 on CPU."""
     import torch

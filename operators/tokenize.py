@@ -62,7 +62,8 @@ def pieces(text: str, size: int) -> Iterator[str]:
 
 
 def exact_cuts(tok) -> bool:
-    """Whether ``tok`` gives the same ids for the ``PROBES`` whole as cut at every ``CUT_RE`` position.
+    """Whether ``tok`` (a :class:`~operators.models.TokenIds`) gives the same ids for the ``PROBES`` whole as
+    cut at every ``CUT_RE`` position.
 
     True for the packaged SmolLM2 (byte-level BPE) and MiniLM (WordPiece) tokenizers, and
     expected for other byte-level BPE ones (GPT-2, Llama 3, Qwen); false for a tokenizer that
@@ -73,7 +74,7 @@ def exact_cuts(tok) -> bool:
         texts.append(t)
         for m in CUT_RE.finditer(t):
             texts += [t[: m.start()], t[m.start() :]]
-    enc = iter(tok(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"])
+    enc = iter(tok.ids(texts))
     for t in PROBES:
         whole = next(enc)
         for _ in CUT_RE.finditer(t):
@@ -84,7 +85,8 @@ def exact_cuts(tok) -> bool:
 
 @register("tokenize")
 class Tokenize(Operator):
-    """Write ``tokens`` (list<int32>, EOS appended) and ``n_tokens`` with a Hugging Face fast tokenizer.
+    """Write ``tokens`` (list<int32>, EOS appended) and ``n_tokens`` with a Hugging Face tokenizer (its Rust
+    backend, :class:`~operators.models.TokenIds`: the ids transformers gives).
 
     Work per tokenizer call is bounded: texts are tokenized in calls of at most
     ``chunk_chars`` characters in total, and a document longer than ``chunk_chars`` is cut
@@ -127,10 +129,10 @@ class Tokenize(Operator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        from operators.models import load_tokenizer
+        from operators.models import load_token_ids
 
         self.spec = tokenizer
-        self.tok = load_tokenizer(tokenizer)
+        self.tok = load_token_ids(tokenizer)
         if add_eos and self.tok.eos_token_id is None:
             raise ValueError(f"tokenize: tokenizer {tokenizer!r} has no EOS token; set add_eos: false")
         self.eos = self.tok.eos_token_id if add_eos else None
@@ -160,7 +162,7 @@ class Tokenize(Operator):
         size = 0
 
         def run(ks: list[int], strs: list[str]) -> None:
-            enc = self.tok(strs, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+            enc = self.tok.ids(strs)
             for k, ids in zip(ks, enc):
                 parts[k].append(np.asarray(ids, dtype=np.int32))
 

@@ -1,7 +1,10 @@
 """tokenize writes ids with EOS, in bounded calls that match whole-document tokenization."""
 
 import itertools
+import json
 import random
+import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -13,6 +16,8 @@ from pydantic import ValidationError
 from operators.base import params_model
 from operators.tokenize import Tokenize, exact_cuts, pieces
 from storage.schema import READ_SCHEMA
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _batch(texts, domains=None, removed=()):
@@ -28,7 +33,7 @@ def test_tokenize_appends_eos_and_counts():
     out = op(_batch(["Hello world", "Another document here."], removed=()))
     toks = out.column("tokens").to_pylist()
     assert all(t[-1] == op.eos for t in toks)
-    assert op.tok.decode(toks[0][:-1]) == "Hello world"
+    assert op.tok.backend.decode(toks[0][:-1]) == "Hello world"
     assert out.column("n_tokens").to_pylist() == [len(t) for t in toks]
     assert out.schema.field("tokens").type == pa.list_(pa.int32())
 
@@ -68,7 +73,11 @@ class Spy:
     def __init__(self, tok):
         self.tok, self.calls = tok, []
 
-    def __call__(self, texts, **kw):
+    def ids(self, texts):  # a TokenIds (tokenize)
+        self.calls.append([len(t) for t in texts])
+        return self.tok.ids(texts)
+
+    def __call__(self, texts, **kw):  # a transformers tokenizer (perplexity, rephrase)
         self.calls.append([len(t) for t in ([texts] if isinstance(texts, str) else texts)])
         return self.tok(texts, **kw)
 
@@ -82,7 +91,7 @@ def tok():
 
 
 def whole(tok, text):
-    return tok(text, add_special_tokens=False)["input_ids"]
+    return tok.ids([text])[0]
 
 
 def test_pieces_join_back_and_end_at_spaces_or_newlines():
@@ -152,7 +161,45 @@ def test_new_limits_are_validated():
 
 def test_exact_cuts_detects_a_tokenizer_that_marks_every_call_start(tok):
     class Prefixing:  # like SentencePiece's Metaspace: the start of each call is special
-        def __call__(self, texts, **kw):
-            return {"input_ids": [[1, *tok(t, add_special_tokens=False)["input_ids"]] for t in texts]}
+        def ids(self, texts):
+            return [[1, *tok.ids([t])[0]] for t in texts]
 
     assert exact_cuts(tok) and not exact_cuts(Prefixing())
+
+
+SAMPLES = [
+    "Hello world, it's 2024: one two  three.",
+    "def f(a, b):\n\treturn a + b  # sum\n\n\n    x = f(1, 2)\r\n",
+    "<|endoftext|> special-token strings <|im_start|>user\nhi<|im_end|> in the text",
+    "Grüße aus Köln, 東京 and café au lait — “quoted” 🚀 émoji   \u00a0nbsp\u200bzero-width",
+    "",
+    "   leading and trailing spaces   ",
+    "UPPER lower MiXeD 12345 3.14159 http://example.com/a?b=c#d",
+]
+
+
+@pytest.mark.parametrize("spec", ["packaged:smollm2-135m", "packaged:minilm-l6-v2"])
+def test_token_ids_are_transformers_ids_fresh_and_from_the_cache(spec, tmp_path, monkeypatch):
+    """Byte-level BPE and WordPiece (lowercasing): the backend path, built or cached, gives transformers' ids."""
+    from operators.models import load_token_ids, load_tokenizer
+
+    monkeypatch.setattr("operators.models.token_ids_dir", lambda: tmp_path)
+    hf = load_tokenizer(spec)
+    want = hf(SAMPLES, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    fresh = load_token_ids(spec)
+    (entry,) = tmp_path.glob("*.json")
+    cached = load_token_ids(spec)
+    assert fresh.ids(SAMPLES) == want and cached.ids(SAMPLES) == want
+    assert fresh.eos_token_id == cached.eos_token_id == hf.eos_token_id
+    entry.write_text("{damaged")  # a broken cache entry is rebuilt, never trusted
+    assert load_token_ids(spec).ids(SAMPLES) == want and entry.read_text().startswith("{")
+    assert json.loads(entry.read_text())["eos_token_id"] == hf.eos_token_id
+
+
+def test_a_cached_tokenizer_loads_without_importing_transformers():
+    code = (
+        "import sys; from operators.tokenize import Tokenize; op = Tokenize(stage='t'); "
+        "print('transformers' in sys.modules, 'torch' in sys.modules)"
+    )
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT) for _ in "ab"]
+    assert runs[1].stdout.split() == ["False", "False"], runs[0].stderr[-2000:] + runs[1].stderr[-2000:]
