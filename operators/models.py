@@ -184,8 +184,10 @@ def load_tokenizer(spec: str):
     return AutoTokenizer.from_pretrained(resolve(spec))
 
 
-#: files of a tokenizer folder whose content the ids depend on (what transformers reads to build it)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+#: files of a model folder that are weights, not what a tokenizer is built from (left out of the cache key)
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".lock")
+#: packages whose versions decide how transformers builds a tokenizer (its class, conversions)
+TOKENIZER_PACKAGES = ("transformers", "tokenizers", "sentencepiece", "protobuf", "tiktoken", "mistral-common")
 
 
 class TokenIds:
@@ -202,13 +204,18 @@ class TokenIds:
 
     @classmethod
     def of(cls, tok: Any) -> TokenIds:
-        """From a transformers tokenizer: its backend copied and set up the way its call sets it up."""
+        """From a transformers tokenizer: its backend copied and set up the way its call sets it up (a backend
+        that cannot be copied, e.g. with a pre-tokenizer written in Python, is called through transformers)."""
         backend = getattr(tok, "backend_tokenizer", None)
         if backend is None:
             return cls(eos_token_id=tok.eos_token_id, hf=tok)
         from tokenizers import Tokenizer
 
-        copy = Tokenizer.from_str(backend.to_str())
+        try:
+            copy = Tokenizer.from_str(backend.to_str())
+        except Exception as e:  # "Custom PreTokenizer cannot be serialized" (e.g. RoFormer's Jieba)
+            logger.info("tokenizer backend cannot be copied (%s); calling it through transformers", e)
+            return cls(eos_token_id=tok.eos_token_id, hf=tok)
         copy.no_truncation()
         copy.no_padding()
         copy.encode_special_tokens = bool(getattr(tok, "split_special_tokens", False))
@@ -244,22 +251,15 @@ def token_ids_dir() -> Path:
 
 def load_token_ids(spec: str) -> TokenIds:
     """:class:`TokenIds` of ``spec``'s tokenizer. For a local folder (a ``packaged:`` model, a path) the
-    backend transformers builds is kept in the cache (``tokenizers/<key>.json``, the key hashing the folder's
-    :data:`TOKENIZER_FILES` and the transformers and tokenizers versions), so later loads need neither
-    transformers' import nor its set-up (~2.5 s on a busy CPU); a hub id always goes through transformers."""
-    import hashlib
-    from importlib import metadata
-
+    backend transformers builds is kept in the cache (``tokenizers/<key>.json``), so later loads need neither
+    transformers' import nor its set-up (~2.5 s on a busy CPU); a hub id always goes through transformers.
+    The key hashes the folder's path and every file in it but weights (:data:`WEIGHT_SUFFIXES`: ``config.json``
+    can pick the tokenizer class, ``vocab.txt`` or ``merges.txt`` can be all there is) and the versions of
+    :data:`TOKENIZER_PACKAGES`. A cache that cannot be written costs the next load its time, nothing else."""
     path = Path(resolve(spec))
     if not path.is_dir():
         return TokenIds.of(load_tokenizer(spec))
-    h = hashlib.sha256()
-    for name in TOKENIZER_FILES:
-        f = path / name
-        h.update(f"{name}\0".encode() + (f.read_bytes() if f.is_file() else b"-") + b"\0")
-    for dist in ("transformers", "tokenizers"):
-        h.update(f"{dist}=={metadata.version(dist)}\0".encode())
-    cached = token_ids_dir() / f"{h.hexdigest()[:32]}.json"
+    cached = token_ids_dir() / f"{_tokenizer_key(path)}.json"
     if cached.is_file():
         try:
             return TokenIds.from_json(cached.read_text(encoding="utf-8"))
@@ -269,8 +269,29 @@ def load_token_ids(spec: str) -> TokenIds:
     if ids.backend is not None:
         from storage.run import write_text_atomic
 
-        write_text_atomic(cached, ids.to_json())
+        try:
+            write_text_atomic(cached, ids.to_json())
+        except OSError as e:
+            logger.warning("cannot keep the tokenizer in the cache (%s): later runs load it through transformers", e)
     return ids
+
+
+def _tokenizer_key(folder: Path) -> str:
+    """What a tokenizer built from ``folder`` depends on, hashed: its path, its files but weights, package versions."""
+    import hashlib
+    from importlib import metadata
+
+    h = hashlib.sha256(f"{folder.resolve()}\0".encode())
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES):
+            h.update(f"{f.name}\0".encode() + hashlib.sha256(f.read_bytes()).digest())
+    for dist in TOKENIZER_PACKAGES:
+        try:
+            version = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            version = "-"
+        h.update(f"{dist}=={version}\0".encode())
+    return h.hexdigest()[:32]
 
 
 def load_causal_lm(spec: str):

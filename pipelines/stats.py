@@ -7,6 +7,7 @@ through :func:`report`, which serves both.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from collections import defaultdict
@@ -38,17 +39,27 @@ def start(in_process: bool) -> Any:
         return RunStats()
     import ray
 
-    job = ray.get_runtime_context().get_job_id()
+    session = _session()
     while _IDLE:
         owner, actor = _IDLE.pop()
-        if owner != job:
+        if owner != session:
             continue  # an earlier Ray session's: gone with it
         try:
             ray.get(actor.reset.remote(), timeout=30)
             return actor
-        except Exception as e:  # killed meanwhile: start another
+        except Exception as e:  # killed meanwhile: end it for sure, start another
             logger.debug("statistics actor not reusable: %s", e)
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
     return ray.remote(num_cpus=0)(RunStats).remote()
+
+
+def _session() -> tuple[str, str]:
+    """This driver's Ray job and node: a new local Ray after ``ray.shutdown()`` has another node."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    return ctx.get_job_id(), ctx.get_node_id()
 
 
 def report(stats: Any, method: str, *args: Any) -> Any:
@@ -70,7 +81,7 @@ def stop(stats: Any, reuse: bool = True) -> None:
     if _IDLE or not reuse:
         ray.kill(stats)
     else:
-        _IDLE.append((ray.get_runtime_context().get_job_id(), stats))
+        _IDLE.append((_session(), stats))
 
 
 class RunStats:

@@ -203,3 +203,57 @@ def test_a_cached_tokenizer_loads_without_importing_transformers():
     )
     runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT) for _ in "ab"]
     assert runs[1].stdout.split() == ["False", "False"], runs[0].stderr[-2000:] + runs[1].stderr[-2000:]
+
+
+def test_the_tokenizer_cache_key_covers_every_file_a_tokenizer_is_built_from(tmp_path, monkeypatch):
+    """Two folders differing only in vocab.txt (no tokenizer.json): each gets its own ids, transformers' ids."""
+    import shutil
+
+    from operators.models import load_token_ids, load_tokenizer, resolve
+
+    monkeypatch.setattr("operators.models.token_ids_dir", lambda: tmp_path / "cache")
+    src = Path(resolve("packaged:minilm-l6-v2"))
+    folders = []
+    for name, swap in (("plain", False), ("swapped", True)):
+        d = tmp_path / name
+        d.mkdir()
+        for f in ("config.json", "special_tokens_map.json", "tokenizer_config.json", "vocab.txt"):
+            shutil.copy(src / f, d / f)
+        if swap:  # "hello" and "world" trade ids
+            vocab = (d / "vocab.txt").read_text(encoding="utf-8").split("\n")
+            a, b = vocab.index("hello"), vocab.index("world")
+            vocab[a], vocab[b] = vocab[b], vocab[a]
+            (d / "vocab.txt").write_text("\n".join(vocab), encoding="utf-8")
+        folders.append(d)
+    texts = ["hello world", "world, hello!"]
+    got = [load_token_ids(str(d)).ids(texts) for d in folders]
+    want = [load_tokenizer(str(d))(texts, add_special_tokens=False)["input_ids"] for d in folders]
+    assert got == want and got[0] != got[1]
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 2
+    assert [load_token_ids(str(d)).ids(texts) for d in folders] == want  # from the cache, each its own
+
+
+def test_an_unwritable_tokenizer_cache_costs_time_not_the_run(tmp_path, monkeypatch):
+    from operators.models import load_token_ids
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setattr("operators.models.token_ids_dir", lambda: blocker / "cache")
+    assert load_token_ids("packaged:minilm-l6-v2").ids(["hello world"]) == [[7592, 2088]]
+
+
+def test_a_backend_that_cannot_be_copied_is_called_through_transformers():
+    """A pre-tokenizer written in Python (RoFormer's Jieba) makes tokenizers refuse to serialise the backend."""
+    from tokenizers.pre_tokenizers import PreTokenizer
+
+    from operators.models import TokenIds, load_tokenizer
+
+    class Words:
+        def pre_tokenize(self, pretok):
+            pretok.split(lambda i, s: s.split(" ", "removed"))
+
+    hf = load_tokenizer("packaged:minilm-l6-v2")
+    hf.backend_tokenizer.pre_tokenizer = PreTokenizer.custom(Words())
+    ids = TokenIds.of(hf)
+    assert ids.backend is None and ids.hf is hf
+    assert ids.ids(["hello world"]) == hf(["hello world"], add_special_tokens=False)["input_ids"]
