@@ -152,6 +152,19 @@ def test_conservation_under_junk_input(tmp_path_factory, lines):
     assert sum(pq.read_metadata(f).num_rows for f in files if "_stages" not in str(f)) == c["read"]
 
 
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(junk_line, min_size=0, max_size=60))
+def test_conservation_under_junk_input_in_process(tmp_path_factory, lines):
+    """The same property without Ray (an in-process run costs a fraction of a second: more examples)."""
+    root = tmp_path_factory.mktemp("junk-local")
+    write_jsonl(root / "in" / "j.jsonl", [ln.replace(b"\n", b" ") for ln in lines])
+    m = run(_recipe(root, "  - {op: exact_dedup}\n  - {op: minhash_dedup}"), engine="local")
+    c = m["conservation"]
+    assert c["ok"] and c["read"] == sum(1 for ln in lines if ln.replace(b"\n", b" ").strip())
+    files = list((root / "out").rglob("*.parquet"))
+    assert sum(pq.read_metadata(f).num_rows for f in files if "_stages" not in str(f)) == c["read"]
+
+
 def test_runs_in_one_session_share_a_statistics_actor_but_never_after_a_failure(tmp_path):
     """An actor costs a worker process: a finished run leaves it to the next, which resets it; a failed run's
     actor is ended (a task of it may still report)."""
