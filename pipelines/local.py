@@ -7,15 +7,19 @@ documents needs a fraction of that for the work itself. An in-process run execut
 with the same operators, checkpoints, ``_SUCCESS`` records, fingerprints and manifest: only the
 executor differs. :class:`LocalDataset` is the part of Ray Data's ``Dataset`` that the runner and the
 whole-dataset steps use (``map_batches``, ``repartition``, ``groupby(...).map_groups``, ``union``,
-``iter_batches``), applied eagerly to Arrow tables in this process, with Ray Data's batch semantics:
-``batch_size=None`` hands over each block, ``batch_size=n`` regroups the blocks' rows into batches of
-``n`` (the last one shorter), ``map_groups`` gets all the rows of one key, keys in sorted order.
+``iter_batches``), applied eagerly to Arrow tables in this process, with Ray Data's batch semantics, so
+that operators see the same batches: ``map_batches(batch_size=None)`` runs fused with the read (or map)
+before it, on each block that task made; what leaves a task is merged into blocks as Ray's output buffer
+merges them (up to 128 MB); ``map_batches(batch_size=n)`` bundles whole output blocks until they hold
+``n`` rows (Ray's ``EstimateSize`` rebundling) and cuts each bundle into batches of ``n`` rows and a shorter
+last one; ``map_groups`` gets all the rows of one key, keys in sorted order.
 
 Model stages run in this process too: torch uses this machine's CPUs (or its GPU, where the operator
-finds one). Decisions, kept rows and their order equal a Ray run's (tests/pipelines/test_local.py runs
-recipes both ways); shard files may be cut at other row counts, because Ray hands each write task its
-own share of the rows, and a model stage's batches of ``batch_size`` rows may be cut differently (Ray
-forms them within bundles of blocks), which can move its scores in the last digits.
+finds one). Decisions, kept rows, their order and model scores equal a Ray run's (tests/pipelines/test_local.py
+runs recipes both ways); shard files may be cut at other row counts, because Ray hands each write task its
+own share of the rows. A read task or checkpoint file over 128 MB in memory is cut into blocks where Ray's
+output buffer may cut it elsewhere; a model stage's batches (and so its scores, in their last digits) can
+then differ.
 
 What a whole-dataset step shares with the row-wise pass goes through :func:`operators.base.share`, which
 wraps it in a :class:`~operators.base.LocalRef` here: operators are cached per process by a key that
@@ -56,32 +60,48 @@ def local_max_bytes(cpus: int) -> int:
 
 
 class LocalDataset:
-    """Arrow tables (blocks, in order) with the subset of Ray Data's ``Dataset`` that Sluice's steps use."""
+    """Arrow tables, in order, with the subset of Ray Data's ``Dataset`` that Sluice's steps use.
+
+    The tables are held in groups, one per Ray task that would have made them: a task-based
+    ``map_batches(batch_size=None)`` runs fused with what made its input (a read, a task map), block by
+    block within each group, as Ray fuses them; anything that takes a task's output (a bundled map, a
+    shuffle, the caller) sees each group merged into blocks as Ray's output buffer merges them.
+    """
 
     in_process = True
 
-    def __init__(self, blocks: list[pa.Table]) -> None:
-        self.blocks = list(blocks)
+    def __init__(self, blocks: list[pa.Table], groups: list[list[pa.Table]] | None = None) -> None:
+        self.groups = groups if groups is not None else [[b] for b in blocks]
+
+    @property
+    def blocks(self) -> list[pa.Table]:
+        """The output blocks: each group merged as one task's output (:func:`_as_ray_blocks`)."""
+        return [b for g in self.groups for b in _as_ray_blocks(g)]
+
+    @classmethod
+    def of_tasks(cls, groups: list[list[pa.Table]]) -> LocalDataset:
+        return cls([], groups)
 
     def schema(self) -> pa.Schema:
-        return self.blocks[0].schema if self.blocks else READ_SCHEMA
+        blocks = self.blocks
+        return blocks[0].schema if blocks else READ_SCHEMA
 
     def count(self) -> int:
-        return sum(b.num_rows for b in self.blocks)
+        return sum(b.num_rows for g in self.groups for b in g)
 
     def to_arrow_refs(self) -> list[pa.Table]:
-        """The blocks themselves (Ray's version returns object references to them)."""
-        return list(self.blocks)
+        """The output blocks themselves (Ray's version returns object references to them)."""
+        return self.blocks
 
     def iter_batches(self, batch_size: int | None = None, batch_format: str = "pyarrow") -> Iterator[pa.Table]:
         _check_format(batch_format)
-        yield from _batches(self.blocks, batch_size)
+        yield from _regroup(self.blocks, batch_size)
 
     def select_columns(self, cols: list[str]) -> LocalDataset:
-        return LocalDataset([b.select(cols) for b in self.blocks])
+        return LocalDataset.of_tasks([[b.select(cols) for b in g] for g in self.groups])
 
     def union(self, *others: LocalDataset) -> LocalDataset:
-        return LocalDataset([b for d in (self, *others) for b in d.blocks])
+        return LocalDataset.of_tasks([g for d in (self, *others) for g in d.groups])
 
     def repartition(
         self,
@@ -100,7 +120,7 @@ class LocalDataset:
         rows = self.count()
         if target_num_rows_per_block is None:
             target_num_rows_per_block = max(1, -(-rows // max(1, num_blocks or 1)))
-        return LocalDataset(list(_batches(self.blocks, target_num_rows_per_block)))
+        return LocalDataset(list(_regroup(self.blocks, target_num_rows_per_block)))
 
     def map_batches(
         self,
@@ -112,11 +132,20 @@ class LocalDataset:
         fn_constructor_kwargs: dict[str, Any] | None = None,
         **_resources: Any,  # concurrency, num_cpus, num_gpus: one process here
     ) -> LocalDataset:
-        """``fn`` (or an instance of the class ``fn``, built once) applied to each batch, now."""
+        """``fn`` (or an instance of the class ``fn``, built once) applied now: without ``batch_size`` to each
+        block of each group (fused, as Ray runs a task map); with it to the output blocks bundled until they
+        hold ``batch_size`` rows and cut into batches of that many rows, one group per bundle (one Ray task)."""
         _check_format(batch_format)
         call = fn(**(fn_constructor_kwargs or {})) if isinstance(fn, type) else fn
         kw = fn_kwargs or {}
-        return LocalDataset([call(b, **kw) for b in _batches(self.blocks, batch_size)])
+        if batch_size is None:
+            return LocalDataset.of_tasks([[call(b, **kw) for b in g if b.num_rows] for g in self.groups])
+        return LocalDataset.of_tasks(
+            [
+                [call(b, **kw) for b in _regroup([_concat(bundle)], batch_size)]
+                for bundle in _bundles(self.blocks, batch_size)
+            ]
+        )
 
     def groupby(self, key: str, num_partitions: int | None = None) -> _Groups:
         return _Groups(self, key)
@@ -150,9 +179,51 @@ def _check_format(batch_format: str) -> None:
         raise ValueError(f"in-process runs hand batches over as pyarrow tables, not {batch_format!r}")
 
 
-def _batches(blocks: list[pa.Table], size: int | None) -> Iterator[pa.Table]:
-    """Each non-empty block (``size`` None), or the blocks' rows regrouped into tables of ``size`` rows; like
-    Ray Data's batcher, an empty block is never handed over."""
+#: Ray Data's default target_max_block_size: a task's output rows are one block up to this size
+RAY_BLOCK_BYTES = 128 << 20
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    return pa.concat_tables(tables, promote_options="permissive").combine_chunks()
+
+
+def _as_ray_blocks(tables: list[pa.Table]) -> list[pa.Table]:
+    """One task's output as Ray's output buffer makes it: merged into blocks of up to :data:`RAY_BLOCK_BYTES`."""
+    out: list[pa.Table] = []
+    pending: list[pa.Table] = []
+    size = 0
+    for t in tables:
+        if not t.num_rows:
+            continue
+        if pending and size + t.nbytes > RAY_BLOCK_BYTES:
+            out.append(_concat(pending))
+            pending, size = [], 0
+        pending.append(t)
+        size += t.nbytes
+    if pending:
+        out.append(_concat(pending))
+    return out
+
+
+def _bundles(blocks: list[pa.Table], rows: int) -> Iterator[list[pa.Table]]:
+    """Whole non-empty blocks gathered until they hold at least ``rows`` rows (the last bundle may hold fewer)."""
+    bundle: list[pa.Table] = []
+    held = 0
+    for b in blocks:
+        if not b.num_rows:
+            continue
+        bundle.append(b)
+        held += b.num_rows
+        if held >= rows:
+            yield bundle
+            bundle, held = [], 0
+    if bundle:
+        yield bundle
+
+
+def _regroup(blocks: list[pa.Table], size: int | None) -> Iterator[pa.Table]:
+    """Each non-empty block (``size`` None), or the blocks' rows regrouped into tables of ``size`` rows (the last
+    one shorter); like Ray Data's batcher, an empty block is never handed over."""
     if size is None:
         yield from (b for b in blocks if b.num_rows)
         return
@@ -165,10 +236,10 @@ def _batches(blocks: list[pa.Table], size: int | None) -> Iterator[pa.Table]:
             held += take
             block = block.slice(take)
             if held == size:
-                yield pa.concat_tables(pending, promote_options="permissive").combine_chunks()
+                yield _concat(pending)
                 pending, held = [], 0
     if held:
-        yield pa.concat_tables(pending, promote_options="permissive").combine_chunks()
+        yield _concat(pending)
 
 
 class LocalEngine:
@@ -177,17 +248,16 @@ class LocalEngine:
     name = "local"
 
     def read_input(self, source: Any) -> LocalDataset:
-        blocks = [b for task in source.get_read_tasks(1) for b in task()]
-        return LocalDataset(blocks)
+        return LocalDataset.of_tasks([list(task()) for task in source.get_read_tasks(1)])
 
     def read_checkpoint(self, ckdir: str, sub: str) -> LocalDataset:
-        blocks = []
+        groups = []  # one read task per file, a block per row group (storage.shards.ParquetFiles)
         for path in RunDir(ckdir).parquet(sub):
             fs, p = resolve(path)
             with fs.open_input_file(p) as f:
                 pf = pq.ParquetFile(f)
-                blocks += [pf.read_row_group(rg) for rg in range(pf.num_row_groups)]
-        return LocalDataset(blocks)
+                groups.append([pf.read_row_group(rg) for rg in range(pf.num_row_groups)])
+        return LocalDataset.of_tasks(groups)
 
     def write(self, ds: LocalDataset, sink: Any) -> None:
         sink.write_now(ds.blocks)

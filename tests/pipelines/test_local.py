@@ -31,17 +31,19 @@ def _blocks(*sizes: int) -> list[pa.Table]:
     return out
 
 
-def test_batches_are_blocks_or_regrouped_rows_like_ray_data():
+def test_batches_follow_ray_data_fusion_and_bundling():
     ds = LocalDataset(_blocks(5, 0, 7))
     assert [b.num_rows for b in ds.iter_batches()] == [5, 7]  # an empty block is never handed over
-    seen = []
     out = ds.map_batches(
         lambda b, add: b.set_column(1, "v", pa.array([x + add for x in b["v"].to_pylist()])),
         batch_size=4,
         fn_kwargs={"add": 100},
     )
-    assert [b.num_rows for b in out.blocks] == [4, 4, 4]
+    # bundles of whole blocks until 4 rows ([5], [7]), each cut into batches of 4; one output block per bundle
+    assert [[b.num_rows for b in g] for g in out.groups] == [[4, 1], [4, 3]]
+    assert [b.num_rows for b in out.blocks] == [5, 7]
     assert [v for b in out.blocks for v in b["v"].to_pylist()] == list(range(100, 112))
+    seen = []
 
     class Counter:  # a class is built once, like an actor, then called per batch
         built = 0
@@ -54,8 +56,14 @@ def test_batches_are_blocks_or_regrouped_rows_like_ray_data():
             seen.append((self.tag, batch.num_rows))
             return batch
 
-    ds.map_batches(Counter, fn_constructor_kwargs={"tag": "x"}, batch_size=5)
-    assert Counter.built == 1 and seen == [("x", 5), ("x", 5), ("x", 2)]
+    small = LocalDataset(_blocks(3, 2, 4, 1))  # bundles [3, 2] and [4, 1]: batches 4+1 and 4+1, never across bundles
+    small.map_batches(Counter, fn_constructor_kwargs={"tag": "x"}, batch_size=4)
+    assert Counter.built == 1 and seen == [("x", 4), ("x", 1), ("x", 4), ("x", 1)]
+    # a task map runs on each block a read task made; the task's output is then one block
+    read = LocalDataset.of_tasks([_blocks(2, 3), _blocks(4)])
+    calls = []
+    mapped = read.map_batches(lambda b: calls.append(b.num_rows) or b)
+    assert calls == [2, 3, 4] and [b.num_rows for b in mapped.blocks] == [5, 4]
     assert [b.num_rows for b in ds.repartition(target_num_rows_per_block=3).blocks] == [3, 3, 3, 3]
     with pytest.raises(ValueError, match="pyarrow"):
         ds.map_batches(lambda b: b, batch_format="pandas")
@@ -173,6 +181,40 @@ output: {{dir: "OUT", shard_mb: 0.002}}
     m = _both(text, tmp_path)
     removed = {k for s in m["stages"] for k in s["removed"]}
     assert {"input_duplicate_id", "exact_duplicate", "minhash_duplicate", "ppl_above_band"} <= removed
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_model_stage_scores_the_same_batches_in_process(tmp_path):
+    """Files of 70, 230 and 100 documents: Ray bundles whole blocks into the model's batches of 256 rows
+    (256 + 44, then 100), and so must an in-process run, or scores differ in their last digits."""
+    import random
+
+    rng = random.Random(0)
+    words = [
+        "the",
+        "quick",
+        "brown",
+        "fox",
+        "jumps",
+        "over",
+        "a",
+        "lazy",
+        "dog",
+        "near",
+        "the",
+        "river",
+        "bank",
+        "at",
+        "dawn",
+    ]
+    for name, n in (("a", 70), ("b", 230), ("c", 100)):
+        docs = [{"id": f"{name}{i:03d}", "text": " ".join(rng.choices(words, k=rng.randint(2, 9)))} for i in range(n)]
+        write_jsonl(tmp_path / "in" / f"{name}.jsonl", docs)
+    text = f"""inputs: [{{path: "{tmp_path}/in/*.jsonl", domain: web, id_field: id}}]
+stages: [{{op: perplexity, max_tokens: 8, batch_size: 32}}]
+output: {{dir: "OUT", shard_mb: 1}}
+"""
+    _both(text, tmp_path)  # kept rows compared column by column: ppl included, exactly
 
 
 @pytest.mark.usefixtures("ray_session")
