@@ -29,6 +29,7 @@ run, :meth:`LocalEngine.finish` drops the operators it built but the newest mode
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -73,9 +74,9 @@ class LocalDataset:
     def __init__(self, blocks: list[pa.Table], groups: list[list[pa.Table]] | None = None) -> None:
         self.groups = groups if groups is not None else [[b] for b in blocks]
 
-    @property
+    @functools.cached_property
     def blocks(self) -> list[pa.Table]:
-        """The output blocks: each group merged as one task's output (:func:`_as_ray_blocks`)."""
+        """The output blocks: each group merged as one task's output (:func:`_as_ray_blocks`), once."""
         return [b for g in self.groups for b in _as_ray_blocks(g)]
 
     @classmethod
