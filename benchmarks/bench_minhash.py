@@ -278,13 +278,8 @@ def run_datasketch(paths: list[Path], num_perm: int = 128) -> dict:
     from datasketch import MinHash, MinHashLSH
 
     t0, cpu0 = time.perf_counter(), time.process_time()
-    ids, shingles = [], []
-    for path in paths:
-        with open(path) as f:
-            for line in f:
-                d = json.loads(line)
-                ids.append(d["id"])
-                shingles.append(_grams(d["text"]))
+    ids, texts = _read_jsonl(paths)
+    shingles = [_grams(t) for t in texts]
     mhs = MinHash.bulk([[s.encode() for s in sh] for sh in shingles], num_perm=num_perm)
     lsh = MinHashLSH(threshold=THRESHOLD, num_perm=num_perm, weights=(0.1, 0.9))
     with lsh.insertion_session() as session:

@@ -40,7 +40,6 @@ def _group_in_driver(ds, key: str, value: str) -> pa.Table | None:
 
 
 def _group_with_ray(ds, key: str, value: str, num_partitions: int) -> pa.Table | None:
-    import ray
     from ray.data.aggregate import Count, Min
 
     groups = (
@@ -48,5 +47,5 @@ def _group_with_ray(ds, key: str, value: str, num_partitions: int) -> pa.Table |
         .aggregate(Count(alias_name="n"), Min(value, alias_name="first"))
         .filter(expr="n > 1")
     )
-    parts = [t.select([key, "n", "first"]) for t in ray.get(groups.to_arrow_refs()) if t.num_rows]
+    parts = [t.select([key, "n", "first"]) for t in tables(groups) if t.num_rows]
     return pa.concat_tables(parts, promote_options="permissive") if parts else None

@@ -39,14 +39,15 @@ def local_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _ray_up() -> bool:
+def ray_up() -> bool:
+    """Whether Ray is started in this process."""
     ray = sys.modules.get("ray")
     return ray is not None and ray.is_initialized()
 
 
 def cpus() -> int:
     """CPUs of the Ray cluster (this machine's when Ray is not started: an in-process run)."""
-    if not _ray_up():
+    if not ray_up():
         return local_cpus()
     import ray
 
@@ -56,7 +57,7 @@ def cpus() -> int:
 def node_cpus() -> int:
     """CPUs Ray gives the node this process runs on (the whole cluster's when the node is not found;
     this machine's when Ray is not started)."""
-    if not _ray_up():
+    if not ray_up():
         return local_cpus()
     import ray
 

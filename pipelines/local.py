@@ -1,9 +1,10 @@
 """In-process runs: a recipe's segments without Ray, for inputs small enough that Ray's start costs more than
 its parallelism gives.
 
-Ray's start, its helper processes and a cold worker per task kind cost about 5 s and 6–8 CPU-seconds
-on a two-core machine whatever the input's size (BENCHMARKS.md, issue 18); a sample of a few thousand
-documents needs a fraction of that for the work itself. An in-process run executes the same segments
+Ray's start, its helper processes and a cold worker per task kind cost seconds whatever the input's size:
+on a two-core machine the demo recipe takes 14.1 s on Ray and 4.9 s in process, MinHash over 25k
+documents 11.2 against 4.7 CPU-seconds (BENCHMARKS.md, issue 18); a sample of a few thousand documents
+needs a fraction of that for the work itself. An in-process run executes the same segments
 with the same operators, checkpoints, ``_SUCCESS`` records, fingerprints and manifest: only the
 executor differs. :class:`LocalDataset` is the part of Ray Data's ``Dataset`` that the runner and the
 whole-dataset steps use (``map_batches``, ``repartition``, ``groupby(...).map_groups``, ``union``,
@@ -50,7 +51,8 @@ ENGINES = ("auto", "local", "ray")
 
 #: ``auto`` runs in process when the inputs take at most this many bytes per CPU of the machine (and no Ray
 #: is up or asked for): 256 MB on two CPUs, where an in-process run measured faster than Ray at 144 MB
-#: (MinHash, 50k documents: 6.2 vs 14.6 s) and at 43 MB of WARC (the web recipe: 32.6 vs 38.5 s); with
+#: (MinHash, 50k documents: 6.2 vs 14.6 s) and at 43 MB of WARC (the web recipe: 32.6 s, against 38.5 s in an
+#: earlier Ray run); with
 #: more CPUs Ray's parallelism pays off sooner, so the bound shrinks with them (an assumption, not measured)
 LOCAL_BYTES_TIMES_CPUS = 512 << 20
 
@@ -167,12 +169,12 @@ class _Groups:
         table = table.take(pc.sort_indices(table, [(self.key, "ascending")]))  # nulls last, one group
         keys = table.column(self.key)
         # run boundaries of the sorted key column: a value differs from the previous one (null counts as a value)
-        a, b = keys.slice(1), keys.slice(0, len(keys) - 1)
-        same_null = pc.and_(pc.is_null(a), pc.is_null(b))
-        change = pc.if_else(same_null, False, pc.fill_null(pc.not_equal(a, b), True))
+        cur, prev = keys.slice(1), keys.slice(0, len(keys) - 1)
+        same_null = pc.and_(pc.is_null(cur), pc.is_null(prev))
+        change = pc.if_else(same_null, False, pc.fill_null(pc.not_equal(cur, prev), True))
         starts = [0, *(i + 1 for i in change.to_numpy(zero_copy_only=False).nonzero()[0].tolist())]
         ends = [*starts[1:], table.num_rows]
-        return LocalDataset([fn(table.slice(a, b - a)) for a, b in zip(starts, ends)])
+        return LocalDataset([fn(table.slice(s, e - s)) for s, e in zip(starts, ends)])
 
 
 def _check_format(batch_format: str) -> None:
@@ -263,6 +265,15 @@ class LocalEngine:
     def write(self, ds: LocalDataset, sink: Any) -> None:
         sink.write_now(ds.blocks)
 
+    def start(self) -> int:
+        """Nothing to start; 0 GPUs for the runner (in process, model operators find a GPU themselves)."""
+        return 0
+
+    def describe(self) -> dict:
+        from pipelines.cluster import describe_local
+
+        return describe_local()
+
     def lost_workers(self) -> set[str] | None:
         return set()  # one process: a crash ends the run
 
@@ -300,15 +311,13 @@ def choose_engine(requested: str | None, input_bytes: int) -> str:
     """``local`` or ``ray`` for a run: what was asked (``--engine``, else ``SLUICE_ENGINE``), or for ``auto``
     in process when the inputs take at most :func:`local_max_bytes` and no Ray cluster is named
     (``RAY_ADDRESS``), up in this process, or left running here by ``ray start``."""
-    import sys
-
     asked = requested_engine(requested)
     if asked != "auto":
         return asked
-    ray = sys.modules.get("ray")
-    if os.environ.get("RAY_ADDRESS") or (ray is not None and ray.is_initialized()) or _started_cluster():
+    from pipelines.cluster import local_cpus, ray_up
+
+    if os.environ.get("RAY_ADDRESS") or ray_up() or _started_cluster():
         return "ray"
-    from pipelines.cluster import local_cpus
 
     return "local" if input_bytes <= local_max_bytes(local_cpus()) else "ray"
 

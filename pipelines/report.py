@@ -125,7 +125,7 @@ def overview(manifest: dict, out_dir: str) -> Section:
         )
     segs = manifest.get("segments", [])
     if segs:
-        body.append("<h3>Segments (one streaming Ray Data plan each)</h3>")
+        body.append("<h3>Segments (one streaming plan each)</h3>")
         rows = [
             [
                 s["segment"],

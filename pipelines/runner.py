@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -108,25 +107,7 @@ def run(
         return _run(recipe, rd, out_dir, recipe_text, engine)
 
 
-def _start_ray() -> int:
-    """Start or join Ray and set the Ray Data options every run uses; the cluster's GPUs."""
-    import ray.data
-    from ray.data.context import ShuffleStrategy
-
-    from pipelines.cluster import accelerators, init_ray
-
-    init_ray()
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True  # identical outputs across runs and resumes
-    # Ray's default hash shuffle starts aggregator actors: seconds per shuffle whatever its size
-    ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    if not sys.stderr.isatty() and not logger.isEnabledFor(logging.DEBUG):
-        logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-second progress lines in logs
-    return accelerators()
-
-
 def _run(recipe: Recipe, rd: RunDir, out_dir: str, recipe_text: str, engine: str | None) -> dict:
-    from pipelines.cluster import describe_cluster, describe_local
     from pipelines.local import LocalEngine, choose_engine, input_bytes
     from pipelines.readers import InputDatasource
     from pipelines.segments import RayEngine
@@ -139,16 +120,15 @@ def _run(recipe: Recipe, rd: RunDir, out_dir: str, recipe_text: str, engine: str
     hashes.save()
     chosen = choose_engine(engine, input_bytes(inputs))
     logger.info("engine: %s", "in this process (no Ray)" if chosen == "local" else "Ray")
-    if chosen == "local":
-        executor, gpus = LocalEngine(), 0  # in process, model operators find a GPU themselves
-    else:
-        executor, gpus = RayEngine(), _start_ray()
+    executor = LocalEngine() if chosen == "local" else RayEngine()
+    gpus = executor.start()
     started = datetime.now(timezone.utc)
     t_run = time.perf_counter()
 
     records = _run_segments(recipe, rd, out_dir, inputs, files, gpus, source, executor)
-    cluster = describe_local() if chosen == "local" else describe_cluster()
-    manifest = build_manifest(recipe, out_dir, records, started, time.perf_counter() - t_run, recipe_text, cluster)
+    manifest = build_manifest(
+        recipe, out_dir, records, started, time.perf_counter() - t_run, recipe_text, executor.describe()
+    )
     write_manifest(out_dir, manifest)
     if not manifest["conservation"]["ok"]:
         raise ConservationError(manifest["conservation"]["message"])

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -155,6 +156,27 @@ class RayEngine:
     runs them in this process)."""
 
     name = "ray"
+
+    def start(self) -> int:
+        """Start or join Ray and set the Ray Data options every run uses; the cluster's GPUs."""
+        import ray.data
+        from ray.data.context import ShuffleStrategy
+
+        from pipelines.cluster import accelerators, init_ray
+
+        init_ray()
+        ctx = ray.data.DataContext.get_current()
+        ctx.execution_options.preserve_order = True  # identical outputs across runs and resumes
+        # Ray's default hash shuffle starts aggregator actors: seconds per shuffle whatever its size
+        ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+        if not sys.stderr.isatty() and not logger.isEnabledFor(logging.DEBUG):
+            logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-second progress lines in logs
+        return accelerators()
+
+    def describe(self) -> dict:
+        from pipelines.cluster import describe_cluster
+
+        return describe_cluster()
 
     def read_input(self, source: Any):
         import ray.data

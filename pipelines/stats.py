@@ -1,15 +1,14 @@
 """Run statistics gathered from the workers: rows read per file, busy seconds per stage, nodes that worked.
 
-Under Ray the statistics live in one small actor per run (:func:`start`); an in-process run
-(:mod:`pipelines.local`) keeps a plain :class:`RunStats`. Readers and stage chains report
-through :func:`report`, which serves both.
+Under Ray the statistics live in a small actor (:func:`start`; runs of one session take turns with
+it); an in-process run (:mod:`pipelines.local`) keeps a plain :class:`RunStats`. Readers and stage
+chains report through :func:`report`, which serves both.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 from collections import defaultdict
 from typing import Any
 
@@ -21,14 +20,17 @@ LOCAL_NODE = "local"
 
 def node_id() -> str:
     """The Ray node this worker runs on (reported with every call, so a run records the nodes it used)."""
-    ray = sys.modules.get("ray")
-    if ray is None or not ray.is_initialized():
+    from pipelines.cluster import ray_up
+
+    if not ray_up():
         return LOCAL_NODE
+    import ray
+
     return ray.get_runtime_context().get_node_id()
 
 
-#: (Ray job id, actor) of a statistics actor a finished run left for the next run of this driver
-_IDLE: list[tuple[str, Any]] = []
+#: ((Ray job id, node id), actor) of a statistics actor a finished run left for the next run of this driver
+_IDLE: list[tuple[tuple[str, str], Any]] = []
 
 
 def start(in_process: bool) -> Any:
