@@ -29,13 +29,13 @@ import random
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import yaml
 
+from benchmarks.measure import Sampler, tree_memory
 from benchmarks.webgen import NOUNS, make_doc
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -108,19 +108,14 @@ def recipe_text(input_glob: str, out: Path) -> str:
 
 
 # ---------------------------------------------------------------------- memory
-class MemorySampler:
+class MemorySampler(Sampler):
     """Peak summed PSS and RSS of this process and all its descendants, with the split at the PSS peak."""
 
     def __init__(self, interval: float = 0.5) -> None:
-        import psutil
-
-        self.psutil = psutil
-        self.interval = interval
+        super().__init__(interval)
         self.peak_pss = 0
         self.peak_rss = 0
         self.at_peak: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
 
     @staticmethod
     def _kind(name: str, cmd: str) -> str:
@@ -131,14 +126,15 @@ class MemorySampler:
         return "driver_and_other"
 
     def sample(self) -> None:
-        me = self.psutil.Process()
+        import psutil
+
+        me = os.getpid()
         pss = rss = 0
         split: dict[str, int] = {}
-        for p in [me, *me.children(recursive=True)]:
+        for p, mem in tree_memory():
             try:
-                mem = p.memory_full_info()
-                kind = "driver_and_other" if p.pid == me.pid else self._kind(p.name(), " ".join(p.cmdline()[:2]))
-            except (self.psutil.NoSuchProcess, self.psutil.AccessDenied):
+                kind = "driver_and_other" if p.pid == me else self._kind(p.name(), " ".join(p.cmdline()[:2]))
+            except psutil.Error:  # gone meanwhile
                 continue
             value = getattr(mem, "pss", mem.rss)
             pss += value
@@ -147,19 +143,6 @@ class MemorySampler:
         self.peak_rss = max(self.peak_rss, rss)
         if pss > self.peak_pss:
             self.peak_pss, self.at_peak = pss, split
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> MemorySampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 # ---------------------------------------------------------------------- the run

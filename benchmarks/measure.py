@@ -62,7 +62,39 @@ def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
     return sum(v - before.get(pid, 0.0) for pid, v in after.items())
 
 
-class TreeCpu:
+class Sampler:
+    """A background thread calling :meth:`sample` every ``interval`` seconds while the ``with`` block runs (or
+    from :meth:`start` to :meth:`stop`)."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def start(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self) -> Sampler:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class TreeCpu(Sampler):
     """CPU seconds of a process tree, polled: the last reading of every pid ever seen, summed.
 
     Workers that datatrove's executor forks (via its forkserver) are not reaped into our
@@ -70,16 +102,14 @@ class TreeCpu:
     """
 
     def __init__(self, interval: float = 0.2) -> None:
-        self.interval = interval
+        super().__init__(interval)
         self.seen: dict[tuple[int, float], float] = {}
         self._root: int | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def watch(self, pid: int) -> None:
         self._root = pid
 
-    def _poll(self) -> None:
+    def sample(self) -> None:
         import psutil
 
         if self._root is None:
@@ -96,79 +126,47 @@ class TreeCpu:
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._poll()
-            self._stop.wait(self.interval)
-
     @property
     def total(self) -> float:
         return sum(self.seen.values())
 
-    def __enter__(self) -> TreeCpu:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
 
 # ---------------------------------------------------------------------- memory sampling
-class PeakMemory:
+def tree_memory() -> list[tuple[object, object]]:
+    """``(process, memory_full_info)`` of this process and every live descendant (psutil)."""
+    import psutil
+
+    me = psutil.Process()
+    out = []
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            out.append((p, p.memory_full_info()))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return out
+
+
+class PeakMemory(Sampler):
     """Samples the summed PSS (RSS where PSS is unavailable) of this process and all its descendants."""
 
     def __init__(self, interval: float = 0.5) -> None:
-        import psutil
-
-        self._psutil = psutil
-        self.interval = interval
+        super().__init__(interval)
         self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def _sample(self) -> int:
-        me = self._psutil.Process()
-        total = 0
-        for p in [me, *me.children(recursive=True)]:
-            try:
-                mem = p.memory_full_info()
-                total += getattr(mem, "pss", mem.rss)
-            except (self._psutil.NoSuchProcess, self._psutil.AccessDenied):
-                continue
-        return total
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> PeakMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+    def sample(self) -> None:
+        self.peak = max(self.peak, sum(getattr(mem, "pss", mem.rss) for _, mem in tree_memory()))
 
 
-class LoadSampler:
+class LoadSampler(Sampler):
     """The 1-minute load average, sampled every ``interval`` seconds from construction to ``stop()``."""
 
     def __init__(self, interval: float = 1.0) -> None:
+        super().__init__(interval)
         self.samples: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, args=(interval,), daemon=True)
-        self._thread.start()
+        self.start()
 
-    def _loop(self, interval: float) -> None:
-        while not self._stop.is_set():
-            self.samples.append(os.getloadavg()[0])
-            self._stop.wait(interval)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
+    def sample(self) -> None:
+        self.samples.append(os.getloadavg()[0])
 
     def summary(self) -> dict:
         x = np.array(self.samples or [0.0])
